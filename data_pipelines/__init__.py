@@ -1,0 +1,1 @@
+"""Offline jobs that write clip/caption shards (they use lumiere_jax.data's schema)."""

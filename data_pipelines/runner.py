@@ -1,0 +1,305 @@
+"""What every shard-writing job shares: resumable shards, worker processes, skip counting, summary.
+
+A job splits its inputs into one `ShardTask` per output shard and supplies a module-level
+`shard_fn(items, settings, sink)` that turns one task's items into records. The runner:
+  * keeps shards that already exist (a shard is written under a temporary name and renamed
+    when complete, so an existing shard is a finished one) after checking, through the stats
+    file written next to it, that it came from the same inputs and settings;
+  * runs the remaining tasks in worker processes (spawned, so the jobs are safe to fork from
+    anything), with one progress bar over input items;
+  * counts every skipped input by reason instead of dying on it, and writes a summary JSON.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import queue
+import sys
+import time
+import traceback
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import tqdm
+
+from lumiere_jax.data.schema import ClipRecord
+from lumiere_jax.data.shards import SHARD_SUFFIX, TMP_SUFFIX, ShardWriter, captions_path, shard_name
+
+MAX_LISTED_FAILURES = 200  # per shard and in the summary; the counts are always complete
+
+
+class JobError(Exception):
+    """A problem with the job's arguments or output directory: the job stops before writing."""
+
+
+class Skip(Exception):
+    """Raised by a job for one input it cannot use; the runner counts it under `reason`."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclasses.dataclass
+class ShardTask:
+    index: int
+    path: str
+    items: Any  # picklable description of this shard's inputs, read by the job's shard_fn
+    num_items: Optional[int]  # for the progress bar; None when unknown until read
+
+
+def make_tasks(output_dir: str, prefix: str, item_lists: Sequence[Any], sizes: Sequence[Optional[int]]) -> list[ShardTask]:
+    count = len(item_lists)
+    return [
+        ShardTask(k, os.path.join(output_dir, shard_name(prefix, k, count)), items, n)
+        for k, (items, n) in enumerate(zip(item_lists, sizes))
+    ]
+
+
+def stats_path(shard_path: str) -> str:
+    return shard_path[: -len(SHARD_SUFFIX)] + ".stats.json"
+
+
+class ShardSink:
+    """Where a job's shard function puts records, and how it reports inputs done or skipped."""
+
+    def __init__(self, writer: ShardWriter, progress: Callable[[int], None]):
+        self._writer = writer
+        self._progress = progress
+        self.stats: dict[str, Any] = {"records": 0, "items": 0, "items_with_records": 0, "skipped": {}, "failures": []}
+
+    def write(self, record: ClipRecord) -> None:
+        self._writer.write(record)
+        self.stats["records"] += 1
+
+    def skip(self, reason: str, item: str, detail: str = "") -> None:
+        self.stats["skipped"][reason] = self.stats["skipped"].get(reason, 0) + 1
+        if len(self.stats["failures"]) < MAX_LISTED_FAILURES:
+            self.stats["failures"].append({"item": item, "reason": reason, "detail": detail})
+
+    @contextlib.contextmanager
+    def item(self, name: str) -> Iterator[None]:
+        """Processes one input: a Skip, or any other error, is counted and the job goes on."""
+        before = self.stats["records"]
+        try:
+            yield
+        except Skip as e:
+            self.skip(e.reason, name, e.detail)
+        except Exception as e:  # noqa: BLE001 - one bad input must never stop the job
+            self.skip("error", name, f"{type(e).__name__}: {e}")
+        finally:
+            self.stats["items"] += 1
+            self.stats["items_with_records"] += int(self.stats["records"] > before)
+            self._progress(1)
+
+
+def _write_json(path: str, value: Any) -> None:
+    with open(path + TMP_SUFFIX, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+    os.replace(path + TMP_SUFFIX, path)
+
+
+def _run_task(shard_fn, task: ShardTask, settings: dict, fingerprint: str, progress) -> dict:
+    """Writes one shard; the stats file lands first, so an existing shard always has one."""
+    writer = ShardWriter(task.path, settings["codec"], settings["quality"])
+    sink = ShardSink(writer, progress)
+    try:
+        shard_fn(task.items, settings, sink)
+    except BaseException:
+        writer.abort()
+        raise
+    stats = dict(sink.stats, fingerprint=fingerprint)
+    _write_json(stats_path(task.path), stats)
+    writer.close()
+    return stats
+
+
+_worker_progress: Optional[multiprocessing.Queue] = None
+
+
+def _init_worker(progress_queue) -> None:
+    global _worker_progress
+    _worker_progress = progress_queue
+
+
+def _run_task_in_worker(args) -> tuple[int, Optional[dict], Optional[str]]:
+    shard_fn, task, settings, fingerprint = args
+    try:
+        return task.index, _run_task(shard_fn, task, settings, fingerprint, _worker_progress.put), None
+    except Exception:  # noqa: BLE001 - reported in the summary as a failed shard
+        return task.index, None, traceback.format_exc()
+
+
+def fingerprint_of(job: str, settings: dict, tasks: Sequence[ShardTask]) -> str:
+    """Identifies what a shard holds: the job, its settings and every shard's inputs."""
+    blob = json.dumps({"job": job, "settings": settings, "items": [t.items for t in tasks]}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()
+
+
+def _kept_stats(task: ShardTask, fingerprint: str, overwrite: bool) -> Optional[dict]:
+    """Stats of a finished shard to keep, or None when it must be (re)written."""
+    for leftover in (task.path + TMP_SUFFIX, captions_path(task.path) + TMP_SUFFIX):
+        if os.path.exists(leftover):
+            os.remove(leftover)  # left by an interrupted run
+    if not os.path.exists(task.path):
+        return None
+    stats = None
+    if os.path.exists(stats_path(task.path)):
+        with open(stats_path(task.path), encoding="utf-8") as f:
+            stats = json.load(f)
+    if stats is not None and stats.get("fingerprint") == fingerprint:
+        return stats
+    if overwrite:
+        os.remove(task.path)
+        return None
+    raise JobError(
+        f"{task.path} exists but was written from other inputs or settings; write to a new --output_dir, "
+        "or pass --overwrite to replace the shards there"
+    )
+
+
+def _run_pending(shard_fn, pending, settings, fingerprint, workers, bar) -> tuple[dict[int, dict], dict[int, str]]:
+    done: dict[int, dict] = {}
+    failed: dict[int, str] = {}
+    if workers <= 1 or len(pending) <= 1:
+        for task in pending:
+            try:
+                done[task.index] = _run_task(shard_fn, task, settings, fingerprint, bar.update)
+            except Exception:  # noqa: BLE001 - the other shards still get written
+                failed[task.index] = traceback.format_exc()
+        return done, failed
+    ctx = multiprocessing.get_context("spawn")
+    progress_queue = ctx.Queue()
+    args = [(shard_fn, task, settings, fingerprint) for task in pending]
+    with ctx.Pool(min(workers, len(pending)), initializer=_init_worker, initargs=(progress_queue,)) as pool:
+        results = pool.imap_unordered(_run_task_in_worker, args)
+        remaining = len(pending)
+        while remaining:
+            try:
+                index, stats, error = results.next(timeout=0.2)
+            except multiprocessing.TimeoutError:
+                pass
+            else:
+                remaining -= 1
+                if error is None:
+                    done[index] = stats
+                else:
+                    failed[index] = error
+            _drain(progress_queue, bar)
+    _drain(progress_queue, bar)
+    return done, failed
+
+
+def _drain(progress_queue, bar) -> None:
+    while True:
+        try:
+            bar.update(progress_queue.get_nowait())
+        except queue.Empty:
+            return
+
+
+def run_job(
+    job: str,
+    tasks: Sequence[ShardTask],
+    shard_fn: Callable[[Any, dict, ShardSink], None],
+    settings: dict,
+    output_dir: str,
+    prefix: str,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> dict:
+    """Writes every shard of `tasks` that is not already there, then the summary JSON.
+
+    `settings` must hold 'codec' and 'quality'; all of it is passed to `shard_fn` and recorded in
+    the summary. Returns the summary (also written to `<output_dir>/<prefix>.summary.json`).
+    """
+    start = time.time()
+    os.makedirs(output_dir, exist_ok=True)
+    fingerprint = fingerprint_of(job, settings, tasks)
+    kept = {t.index: s for t in tasks if (s := _kept_stats(t, fingerprint, overwrite)) is not None}
+    pending = [t for t in tasks if t.index not in kept]
+    sizes = [t.num_items for t in pending]
+    total = None if None in sizes else sum(sizes)
+    with tqdm.tqdm(total=total, desc=job, unit="input", dynamic_ncols=True) as bar:
+        done, failed = _run_pending(shard_fn, pending, settings, fingerprint, workers, bar)
+    summary = _summarise(job, settings, tasks, kept, done, failed, time.time() - start)
+    _write_json(os.path.join(output_dir, f"{prefix}.summary.json"), summary)
+    return summary
+
+
+def _summarise(job, settings, tasks, kept, done, failed, elapsed) -> dict:
+    per_shard = [*kept.values(), *done.values()]
+    skipped: dict[str, int] = {}
+    failures: list[dict] = []
+    for stats in per_shard:
+        for reason, n in stats["skipped"].items():
+            skipped[reason] = skipped.get(reason, 0) + n
+        failures.extend(stats["failures"])
+    return {
+        "job": job,
+        "settings": settings,
+        "shards": {
+            "total": len(tasks),
+            "written": len(done),
+            "kept": len(kept),
+            "failed": {tasks[i].path: error for i, error in sorted(failed.items())},
+        },
+        "records": sum(s["records"] for s in per_shard),
+        "inputs": sum(s["items"] for s in per_shard),
+        "inputs_with_records": sum(s["items_with_records"] for s in per_shard),
+        "skipped": dict(sorted(skipped.items())),
+        "failures": failures[:MAX_LISTED_FAILURES],
+        "elapsed_s": round(elapsed, 3),
+    }
+
+
+def cli(run: Callable[[], dict]) -> int:
+    """Runs a job from its CLI: prints the summary JSON, or the error when the job cannot start.
+
+    The exit status is 0 when every shard was written, 1 when a shard failed (re-running the
+    same command retries only the missing shards) and 2 when the job could not start.
+    """
+    try:
+        summary = run()
+    except JobError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 1 if summary["shards"]["failed"] else 0
+
+
+def add_common_flags(parser, prefix: str) -> None:
+    """Flags every job has: where shards go, how many, how they are encoded, parallelism."""
+    parser.add_argument("--output_dir", required=True, help="directory for the shards and the summary JSON")
+    parser.add_argument("--prefix", default=prefix, help="shard file name prefix (default: %(default)s)")
+    parser.add_argument("--num_shards", type=int, default=8, help="number of shards (default: %(default)s)")
+    parser.add_argument(
+        "--codec", choices=("jpeg", "png", "raw"), default="jpeg", help="per-frame encoding (default: %(default)s)"
+    )
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality 1-100 (default: %(default)s)")
+    parser.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="worker processes (default: %(default)s)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace shards written with other settings")
+
+
+def check_common_flags(parser, args) -> None:
+    if args.num_shards < 1:
+        parser.error(f"--num_shards must be >= 1, got {args.num_shards}")
+    if not 1 <= args.quality <= 100:
+        parser.error(f"--quality must be in [1, 100], got {args.quality}")
+
+
+def parse_sizes(parser, text: str) -> list[int]:
+    """'128,512' -> [128, 512]: the smallest becomes the record's frames, the rest its hires copies."""
+    try:
+        sizes = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        parser.error(f"--sizes must be comma-separated integers, got {text!r}")
+    if not sizes or sizes[0] < 1:
+        parser.error(f"--sizes must list positive sizes, got {text!r}")
+    return sizes

@@ -1,0 +1,196 @@
+"""Captioned "moving shapes" clips (or images) with ground-truth positions, for tests and demos.
+
+    python -m data_pipelines.synthetic --output_dir data/shapes --num_examples 2048 \\
+        --heldout red:circle:left,blue:square:up
+    python -m data_pipelines.synthetic --output_dir data/shapes_heldout --split heldout \\
+        --heldout red:circle:left,blue:square:up --num_examples 64
+    python -m data_pipelines.synthetic --output_dir data/shapes_images --kind image
+
+A clip shows one shape of one colour on black, moving in a straight line at constant speed,
+captioned "a {color} {shape} moving {direction}"; an image is one frame captioned
+"a {color} {shape}". Each record stores the shape's centre in every frame as
+annotations['positions'] (T, 2): (x, y) in [0, 1] image coordinates, x to the right, y down,
+and meta {color, shape, direction, radius, split}.
+
+Held-out combinations (--heldout color:shape:direction, '*' matching anything) never appear in
+the train split; the heldout split contains only them. Example i is drawn from a generator
+seeded by (seed, split, kind, i), so the data does not depend on shard or worker counts.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from data_pipelines import runner
+from lumiere_jax.data.schema import ClipRecord
+
+JOB = "synthetic"
+COLORS = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "white": (255, 255, 255),
+}
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+SPLITS = ("train", "heldout")
+KINDS = ("video", "image")
+RADIUS_RANGE = (0.08, 0.15)  # shape radius, as a fraction of the frame size
+TRAVEL_RANGE = (0.3, 0.6)  # distance covered over the clip, as a fraction of the free room
+
+Combo = tuple[str, str, Optional[str]]  # (color, shape, direction); direction None for images
+
+
+def caption(color: str, shape: str, direction: Optional[str]) -> str:
+    return f"a {color} {shape}" if direction is None else f"a {color} {shape} moving {direction}"
+
+
+def parse_heldout(text: str) -> list[tuple[str, str, str]]:
+    """'red:circle:left,*:square:up' -> [('red','circle','left'), ('*','square','up')]."""
+    patterns = []
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        parts = entry.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"held-out entry {entry!r} must be color:shape:direction ('*' matches any)")
+        for value, allowed, what in zip(parts, (COLORS, SHAPES, DIRECTIONS), ("color", "shape", "direction")):
+            if value != "*" and value not in allowed:
+                raise ValueError(f"held-out entry {entry!r}: {what} {value!r} is not one of {sorted(allowed)} or '*'")
+        patterns.append(tuple(parts))
+    return patterns
+
+
+def is_heldout(combo: Combo, patterns: Sequence[tuple[str, str, str]]) -> bool:
+    """A pattern matches when every part is '*' or equal; an image (direction None) is only
+    held out by patterns whose direction is '*', since it shows no motion."""
+    return any(all(p == "*" or p == v for p, v in zip(pattern, combo)) for pattern in patterns)
+
+
+def combos(kind: str, split: str, patterns: Sequence[tuple[str, str, str]]) -> list[Combo]:
+    """Every (color, shape, direction) the split may draw from, in a fixed order."""
+    directions: Sequence[Optional[str]] = list(DIRECTIONS) if kind == "video" else [None]
+    every = list(itertools.product(COLORS, SHAPES, directions))
+    return [c for c in every if is_heldout(c, patterns) == (split == "heldout")]
+
+
+def shape_mask(shape: str, size: int, cx: float, cy: float, r: float) -> np.ndarray:
+    """Pixels (sampled at their centres) inside a shape of circumradius r centred at (cx, cy),
+    all in pixels. The triangle is equilateral, pointing up, centroid at the centre, so the
+    centroid of the drawn pixels is the stored position for every shape."""
+    y, x = np.mgrid[0:size, 0:size] + 0.5
+    dx, dy = x - cx, y - cy
+    if shape == "circle":
+        return dx * dx + dy * dy <= r * r
+    if shape == "square":
+        half = r / np.sqrt(2.0)
+        return (np.abs(dx) <= half) & (np.abs(dy) <= half)
+    # Equilateral triangle with vertices at angles 90, 210, 330 degrees (y down): inside all
+    # three edges, each at distance r/2 from the centre along its outward normal.
+    normals = ((0.0, 1.0), (np.sqrt(3) / 2, -0.5), (-np.sqrt(3) / 2, -0.5))
+    return np.logical_and.reduce([dx * nx + dy * ny <= r / 2 for nx, ny in normals])
+
+
+def render(combo: Combo, positions: np.ndarray, radius: float, size: int) -> np.ndarray:
+    """(T, size, size, 3) uint8 frames of the shape at `positions` (normalised centres)."""
+    color, shape, _ = combo
+    frames = np.zeros((len(positions), size, size, 3), np.uint8)
+    for t, (x, y) in enumerate(positions):
+        frames[t][shape_mask(shape, size, x * size, y * size, radius * size)] = COLORS[color]
+    return frames
+
+
+def trajectory(rng: np.random.Generator, direction: Optional[str], num_frames: int, radius: float) -> np.ndarray:
+    """(T, 2) normalised centres: a straight constant-speed path that stays inside the frame."""
+    lo, hi = radius, 1.0 - radius
+    if direction is None:
+        return rng.uniform(lo, hi, size=(1, 2))
+    ux, uy = DIRECTIONS[direction]
+    travel = rng.uniform(*TRAVEL_RANGE) * (hi - lo)
+    along_start = rng.uniform(lo, hi - travel)  # start coordinate along the motion, before orientation
+    across = rng.uniform(lo, hi)
+    s = np.linspace(0.0, travel, num_frames) if num_frames > 1 else np.zeros(1)
+    along = along_start + s if (ux + uy) > 0 else (hi + lo) - (along_start + s)
+    xs, ys = (along, np.full_like(along, across)) if ux else (np.full_like(along, across), along)
+    return np.stack([xs, ys], axis=1)
+
+
+def make_example(index: int, settings: dict[str, Any]) -> ClipRecord:
+    """Example `index` of the split: the same for every shard and worker count."""
+    split_id, kind_id = SPLITS.index(settings["split"]), KINDS.index(settings["kind"])
+    rng = np.random.default_rng([settings["seed"], split_id, kind_id, index])
+    options = combos(settings["kind"], settings["split"], settings["heldout"])
+    combo = options[rng.integers(len(options))]
+    radius = float(rng.uniform(*RADIUS_RANGE))
+    num_frames = settings["num_frames"] if settings["kind"] == "video" else 1
+    positions = trajectory(rng, combo[2], num_frames, radius).astype(np.float32)
+    stacks = {size: render(combo, positions, radius, size) for size in settings["sizes"]}
+    base = min(stacks)
+    return ClipRecord(
+        id=f"shapes-{settings['kind']}-{settings['split']}-{index:07d}",
+        caption=caption(*combo),
+        frames=stacks[base],
+        fps=float(settings["fps"]),
+        hires={size: stack for size, stack in stacks.items() if size != base},
+        annotations={"positions": positions},
+        meta={"color": combo[0], "shape": combo[1], "direction": combo[2], "radius": radius, "split": settings["split"]},
+    )
+
+
+def shard_fn(index_range: tuple[int, int], settings: dict[str, Any], sink: runner.ShardSink) -> None:
+    for index in range(*index_range):
+        with sink.item(f"example {index}"):
+            sink.write(make_example(index, settings))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m data_pipelines.{JOB}", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num_examples", type=int, default=1024, help="records to write (default: %(default)s)")
+    parser.add_argument("--kind", choices=KINDS, default="video", help="clips or single-frame images (default: %(default)s)")
+    parser.add_argument("--split", choices=SPLITS, default="train", help="train: no held-out combination; heldout: only them")
+    parser.add_argument("--heldout", default="", help="comma-separated color:shape:direction, '*' matches any")
+    parser.add_argument("--num_frames", type=int, default=80, help="frames per clip (default: %(default)s)")
+    parser.add_argument("--sizes", default="128", help="square sizes, e.g. 32,128; smallest is the base (default: %(default)s)")
+    parser.add_argument("--fps", type=float, default=16.0, help="frame rate stored in the records (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="data seed (default: %(default)s)")
+    runner.add_common_flags(parser, prefix="shapes")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    runner.check_common_flags(parser, args)
+    if args.num_examples < 1 or args.num_frames < 1 or args.fps <= 0:
+        parser.error("--num_examples, --num_frames and --fps must be positive")
+    try:
+        heldout = parse_heldout(args.heldout)
+    except ValueError as e:
+        parser.error(str(e))
+    if not combos(args.kind, args.split, heldout):
+        parser.error(f"the {args.split} split of {args.kind}s has no combination left with --heldout {args.heldout!r}")
+    settings = {
+        "num_frames": args.num_frames,
+        "sizes": runner.parse_sizes(parser, args.sizes),
+        "fps": args.fps,
+        "seed": args.seed,
+        "kind": args.kind,
+        "split": args.split,
+        "heldout": heldout,
+        "codec": args.codec,
+        "quality": args.quality,
+    }
+    bounds = [(k * args.num_examples // args.num_shards, (k + 1) * args.num_examples // args.num_shards) for k in range(args.num_shards)]
+    tasks = runner.make_tasks(args.output_dir, args.prefix, bounds, [b - a for a, b in bounds])
+
+    def run() -> dict:
+        return runner.run_job(JOB, tasks, shard_fn, settings, args.output_dir, args.prefix, args.workers, args.overwrite)
+
+    return runner.cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The full configuration tree with its defaults; files in configs/ start from `base_config()`.
+
+Every key a job reads is declared here, so `--config.a.b=value` overrides are type-checked by
+ml_collections and a misspelt key fails at start-up.
+"""
+import ml_collections
+
+
+def model_config() -> ml_collections.ConfigDict:
+    """The U-Net (T2I) and its space-time inflation (STUNet)."""
+    m = ml_collections.ConfigDict()
+    m.in_channels = 3  # video channels; also the number of output channels
+    m.conditioning_channels = 0  # 4 for the conditional model: masked video (3) + mask (1)
+    m.base_channels = 128
+    m.channel_mult = (1, 2, 3, 4)  # one entry per resolution level; level i runs at H / 2**i
+    m.num_res_blocks = 2
+    m.attention_levels = (2, 3)  # levels with spatial self-attention over image + text tokens
+    m.head_dim = 64
+    m.norm_groups = 32
+    m.text_dim = 4096  # width of the text encoder's token embeddings (T5-XXL)
+    m.dtype = "float32"  # compute dtype: float32 or bfloat16 (norms and softmax stay float32)
+    m.attention_impl = "xla"  # jax.nn.dot_product_attention implementation: xla, cudnn or auto
+    m.temporal = ml_collections.ConfigDict()
+    m.temporal.enabled = True  # False builds the plain text-to-image U-Net
+    m.temporal.downsample_levels = (0, 1, 2)  # spatial downsamplings that also halve time
+    m.temporal.conv_kernel = 3
+    m.temporal.attention_depth = 2  # temporal self-attention layers at the coarsest level
+    m.temporal.attention_head_dim = 64
+    m.temporal.max_relative_distance = 32  # relative-position bias is clipped beyond this
+    return m
+
+
+def diffusion_config() -> ml_collections.ConfigDict:
+    """Noise schedule and parameterisation (Imagen-family choices, see DESIGN.md)."""
+    d = ml_collections.ConfigDict()
+    d.parameterization = "v"  # v or eps
+    d.logsnr_min = -20.0
+    d.logsnr_max = 20.0
+    d.shift = 1.0  # resolution shift: logsnr(t) - 2 log(shift); use resolution / 64 to shift
+    return d
+
+
+def sample_config() -> ml_collections.ConfigDict:
+    s = ml_collections.ConfigDict()
+    s.sampler = "ddpm"  # ddpm (ancestral) or ddim
+    s.num_steps = 64
+    s.ddim_eta = 0.0
+    s.guidance_scale = 8.0  # 0: unconditional, 1: conditional, >1: classifier-free guidance
+    s.threshold_percentile = 99.5  # dynamic thresholding percentile of |x0|; 0 disables
+    return s
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = ml_collections.ConfigDict()
+    c.data.num_frames = 80
+    c.data.resolution = 128
+    # Shard globs with mixing weights: [{'glob': 'data/clips/*.array_record', 'weight': 1.0,
+    # 'kind': 'video'}, {'glob': 'data/images/*.array_record', 'weight': 0.2, 'kind': 'image'}].
+    # kind image: one frame of each record, repeated num_frames times, flagged is_image.
+    c.data.sources = []
+    c.data.batch_size = 8  # global batch (all hosts); a multiple of the mesh's batch shards
+    c.data.hires_resolution = 0  # > 0: batches also carry video_hires from the records' copy (SSR)
+    c.data.text_embeddings = False  # True: batches carry the records' precomputed text_embeddings/mask
+    c.data.random_flip = False  # off by default: captions may say "left" or "right"
+    c.data.num_workers = 2  # Grain worker processes decoding batches (0: in the training process)
+    c.data.worker_buffer_size = 2  # batches each worker prepares ahead
+    c.data.read_threads = 2  # threads per worker reading and decoding records
+    c.data.read_buffer_size = 16  # decoded records each worker holds ahead of batching
+    c.data.max_consecutive_corrupt = 100  # this many unusable records in a row stops training
+    c.text = ml_collections.ConfigDict()
+    c.text.max_length = 128  # text tokens per caption (EOS included; longer captions are truncated)
+    c.text.encoder = "xxl"  # T5 encoder preset: tiny (tests), small, base, large, xl, xxl
+    c.text.variant = "t5_1_1"  # t5_1_1 (one shared relative-position table) or umt5 (one per layer)
+    c.text.checkpoint = ""  # HF .safetensors file/directory or t5x checkpoint_<step> directory
+    c.text.checkpoint_format = "hf"  # hf or t5x (t5x layout, examples or scanned, is detected)
+    c.text.vocabulary = ""  # sentencepiece model file of the encoder
+    c.text.extra_ids = 100  # sentinel ids appended to the sentencepiece vocabulary (T5: 100)
+    c.text.dtype = "bfloat16"  # encoder activations: float32 or bfloat16
+    c.text.param_dtype = "float32"  # encoder weights as stored in memory
+    c.text.encode_in_step = False  # True: run the frozen encoder inside the train step on text_tokens
+    c.model = model_config()
+    c.diffusion = diffusion_config()
+    c.sample = sample_config()
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.mesh.rules = None  # None: lumiere_jax.parallel.mesh.DEFAULT_RULES
+    return c

@@ -1,0 +1,265 @@
+"""The training input pipeline: clip shards -> Grain -> global `jax.Array` batches on the mesh.
+
+Per source (a shard glob with a mixing weight and a kind, video or image):
+
+    MapDataset.source(shards)[process_index::process_count]   # disjoint per host
+      .shuffle(seed).repeat()                                  # new order every epoch
+      .random_map(DecodeClip)                                  # decode, temporal crop, flip
+
+then the sources are mixed by weight, read with threads, bad records dropped (and counted),
+batched to the per-host batch and prefetched by worker processes. `DataPipeline` turns each
+host batch into global arrays sharded over the mesh's batch axes (('data', 'fsdp') by
+default) with `jax.make_array_from_process_local_data`, and scales video to [-1, 1] on device.
+
+Batch dict: video float32 (B, T, H, W, 3) in [-1, 1]; is_image bool (B,); optional
+video_hires, text_embeddings (B, L, D) bfloat16 and text_mask (B, L) bool (all global arrays);
+caption and id, numpy string arrays of this host's rows (in the order of its rows of the
+global batch); skipped, the number of unusable records this host dropped for this batch.
+
+Every random choice is a function of the seed and an element's position, so `get_state()` /
+`set_state()` (or Orbax, via `grain.checkpoint.CheckpointSave(pipeline.iterator)`) resume
+with exactly the batches an uninterrupted run would have produced. Restore with the same
+process count, worker count and config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob as globlib
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+
+from lumiere_jax.data.schema import RecordError, parse_record
+from lumiere_jax.data.shards import SHARD_SUFFIX
+from lumiere_jax.data.transforms import (
+    KINDS,
+    ClipSpec,
+    DecodeClip,
+    DropSkipped,
+    EmbeddingLookup,
+    Skipped,
+    TolerantSource,
+    check_record,
+    text_arrays,
+)
+from lumiere_jax.parallel.mesh import logical_axis_rules
+from lumiere_jax.parallel.sharding import batch_sharding
+
+SOURCE_KEYS = ("glob", "weight", "kind")
+GLOBAL_KEYS = ("video", "video_hires", "is_image", "text_embeddings", "text_mask")
+_VIDEO_KEYS = ("video", "video_hires")
+_MIX_WINDOW = 4096  # elements whose order is shuffled together after mixing sources
+_PROBE_RECORDS = 8  # records read per source at start-up to check it against the config
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    glob: str
+    weight: float
+    kind: str
+    paths: tuple[str, ...]
+
+
+def resolve_sources(specs: Sequence[Mapping[str, Any]]) -> list[Source]:
+    """Checks `data.sources` entries and expands their globs; errors name the entry at fault."""
+    if not specs:
+        raise ValueError(
+            "data.sources is empty; add e.g. {'glob': 'data/clips/*.array_record', 'weight': 1.0, 'kind': 'video'}"
+        )
+    sources = []
+    for i, spec in enumerate(specs):
+        where = f"data.sources[{i}]"
+        spec = dict(spec)
+        unknown = set(spec) - set(SOURCE_KEYS)
+        if unknown:
+            raise ValueError(f"{where} has unknown keys {sorted(unknown)}; allowed: {SOURCE_KEYS}")
+        pattern, weight, kind = spec.get("glob"), spec.get("weight", 1.0), spec.get("kind", "video")
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError(f"{where} needs a 'glob' string matching shard files")
+        if not isinstance(weight, (int, float)) or not weight > 0:
+            raise ValueError(f"{where}.weight must be a positive number, got {weight!r}")
+        if kind not in KINDS:
+            raise ValueError(f"{where}.kind must be one of {KINDS}, got {kind!r}")
+        matched = sorted(globlib.glob(os.path.expanduser(pattern), recursive=True))
+        paths = tuple(p for p in matched if p.endswith(SHARD_SUFFIX))
+        if not paths:
+            raise ValueError(
+                f"{where}.glob {pattern!r} matches no shard files (*{SHARD_SUFFIX})"
+                + (f"; it matched only {matched[:3]}" if matched else "")
+                + ": check the path, or write shards with a data_pipelines job"
+            )
+        sources.append(Source(pattern, float(weight), kind, paths))
+    return sources
+
+
+def _open_source(source: Source, index: int, process_count: int) -> TolerantSource:
+    data = TolerantSource(source.paths)
+    if len(data) < process_count:
+        raise ValueError(
+            f"data.sources[{index}] ({source.glob!r}) has {len(data)} records, fewer than the "
+            f"{process_count} processes that each need a share"
+        )
+    return data
+
+
+def _probe(data: TolerantSource, spec: ClipSpec, source: Source, index: int) -> None:
+    """Fails at start-up when a source's records cannot serve the config (too few frames, no
+    frames at data.resolution, no text embeddings), instead of skipping every record later."""
+    error = "no record could be read"
+    lookup = EmbeddingLookup()
+    for i in range(min(len(data), _PROBE_RECORDS)):
+        element = data[i]
+        if isinstance(element, Skipped):
+            error = element.reason
+            continue
+        try:
+            view = parse_record(element.data)
+            check_record(view, spec)
+            if spec.text_length is not None:
+                text_arrays(view, element.shard, spec, lookup)
+            return
+        except RecordError as e:
+            error = str(e)
+    raise ValueError(f"data.sources[{index}] ({source.glob!r}) does not fit the data config: {error}")
+
+
+def clip_spec(data_cfg, kind: str, text_length: Optional[int]) -> ClipSpec:
+    return ClipSpec(
+        num_frames=int(data_cfg.num_frames),
+        resolution=int(data_cfg.resolution),
+        kind=kind,
+        random_flip=bool(data_cfg.random_flip),
+        hires_resolution=int(data_cfg.hires_resolution),
+        text_length=text_length if data_cfg.text_embeddings else None,
+    )
+
+
+def per_host_batch_size(batch_size: int, process_count: int) -> int:
+    if batch_size < 1 or batch_size % process_count:
+        raise ValueError(f"data.batch_size={batch_size} must be a positive multiple of the {process_count} processes")
+    return batch_size // process_count
+
+
+def host_dataset(
+    data_cfg,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    text_length: Optional[int] = None,
+) -> grain.IterDataset:
+    """The Grain dataset of this host's batches (numpy, uint8 video), from `config.data`.
+
+    `text_length` (config.text.max_length) is the token count records' text embeddings must
+    have when `data_cfg.text_embeddings` is on.
+    """
+    sources = resolve_sources(data_cfg.sources)
+    datasets = []
+    for i, source in enumerate(sources):
+        spec = clip_spec(data_cfg, source.kind, text_length)
+        data = _open_source(source, i, process_count)
+        _probe(data, spec, source, i)
+        shuffle_seed, map_seed = (int(s) for s in np.random.SeedSequence([seed, i]).generate_state(2))
+        ds = grain.MapDataset.source(data)[process_index::process_count]
+        datasets.append(ds.shuffle(seed=shuffle_seed).repeat().random_map(DecodeClip(spec), seed=map_seed))
+    mixed = grain.MapDataset.mix(datasets, [s.weight for s in sources])
+    if len(datasets) > 1:
+        # Mixing interleaves the sources in a fixed periodic pattern; worker i of W takes every
+        # W-th element, which would alias with that period (one worker all video, another half
+        # images). Shuffling positions within windows keeps the proportions and every element.
+        mixed = grain.experimental.WindowShuffleMapDataset(mixed, window_size=_MIX_WINDOW, seed=seed)
+    read = grain.ReadOptions(num_threads=int(data_cfg.read_threads), prefetch_buffer_size=int(data_cfg.read_buffer_size))
+    batched = (
+        DropSkipped(mixed.to_iter_dataset(read), int(data_cfg.max_consecutive_corrupt))
+        .batch(per_host_batch_size(int(data_cfg.batch_size), process_count), drop_remainder=True)
+    )
+    workers = grain.MultiprocessingOptions(
+        num_workers=int(data_cfg.num_workers), per_worker_buffer_size=int(data_cfg.worker_buffer_size)
+    )
+    return batched.mp_prefetch(workers)
+
+
+@jax.jit
+def _to_unit_range(video: jax.Array) -> jax.Array:
+    """uint8 [0, 255] -> float32 [-1, 1], where the array lives (sharding is kept). The clip
+    keeps the ends exact when XLA turns the division into a multiply by a rounded reciprocal."""
+    return jnp.clip(video.astype(jnp.float32) / 127.5 - 1.0, -1.0, 1.0)
+
+
+class DataPipeline:
+    """Global training batches from `config.data` on `mesh` (see the module docstring)."""
+
+    def __init__(
+        self,
+        config,
+        mesh: Mesh,
+        rules,
+        process_index: Optional[int] = None,
+        process_count: Optional[int] = None,
+    ):
+        self._process_count = jax.process_count() if process_count is None else process_count
+        process_index = jax.process_index() if process_index is None else process_index
+        data_cfg = config.data
+        self.batch_size = int(data_cfg.batch_size)
+        self._mesh, self._rules = mesh, rules
+        shards = _batch_shards(mesh, rules)
+        if self.batch_size % shards:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} must be a multiple of {shards}, the number of batch "
+                f"shards of mesh {dict(mesh.shape)} (mesh axes the 'batch' rule maps to)"
+            )
+        self._dataset = host_dataset(data_cfg, int(config.seed), process_index, self._process_count, int(config.text.max_length))
+        self.iterator = iter(self._dataset)
+        self.num_skipped = 0  # unusable records dropped by this host since this object was made
+
+    def __iter__(self) -> "DataPipeline":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        local = next(self.iterator)
+        batch: dict[str, Any] = {k: self._global(local[k]) for k in GLOBAL_KEYS if k in local}
+        for key in _VIDEO_KEYS:
+            if key in batch:
+                batch[key] = _to_unit_range(batch[key])
+        batch["caption"] = local["caption"]
+        batch["id"] = local["id"]
+        batch["skipped"] = int(local["skipped"].sum())
+        self.num_skipped += batch["skipped"]
+        return batch
+
+    def _global(self, local: np.ndarray) -> jax.Array:
+        sharding: NamedSharding = batch_sharding(self._mesh, self._rules, local.ndim)
+        return jax.make_array_from_process_local_data(sharding, np.asarray(local), (self.batch_size, *local.shape[1:]))
+
+    def get_state(self) -> dict[str, Any]:
+        """This host's position in the data (JSON-serialisable), for checkpoints."""
+        return self.iterator.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.iterator.set_state(state)
+
+    def close(self) -> None:
+        """Stops the worker processes (also done at garbage collection, at no set time)."""
+        self.iterator.close()
+
+    def __enter__(self) -> "DataPipeline":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _batch_shards(mesh: Mesh, rules) -> int:
+    """How many pieces the batch axis is cut into on `mesh`."""
+    axes = batch_sharding(mesh, rules, 1).spec[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return int(np.prod([mesh.shape[a] for a in axes], dtype=np.int64))
+
+
+def make_pipeline(config, mesh: Mesh) -> DataPipeline:
+    """`DataPipeline` with the mesh rules of `config.mesh.rules`."""
+    return DataPipeline(config, mesh, logical_axis_rules(config.mesh.rules))

@@ -1,0 +1,228 @@
+"""DDPM (ancestral) and DDIM samplers on a uniform time grid, jittable (one `lax.fori_loop`).
+
+Both walk t_k = t_start (N - k) / N for k = 0..N, call the denoiser once per step and take the
+last step (to t = 0) as the x0 prediction itself. They take `predict(z, logsnr) -> output`
+(already guided, see `guidance.classifier_free_guidance`) and the parameterisation of that
+output; dynamic thresholding is applied to the x0 prediction inside each step, and eps is then
+re-derived from the thresholded x0 so the update is self-consistent.
+
+Update rules, with c = sigma_{t|s}^2 / sigma_t^2 = -expm1(logsnr_t - logsnr_s) in (0, 1):
+    DDPM: z_s ~ q(z_s | z_t, x0) = N((1 - c) (alpha_s / alpha_t) z_t + c alpha_s x0, c sigma_s^2)
+    DDIM: z_s = alpha_s x0 + sigma_s sqrt(1 - eta^2 c) eps + eta sqrt(c) sigma_s noise
+DDIM with eta = 1 is the DDPM posterior written through eps; eta = 0 is deterministic.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from lumiere_jax.diffusion.parameterization import check_parameterization, eps_from_x0, output_to_x0_eps
+from lumiere_jax.diffusion.schedule import CosineSchedule, alpha_sigma
+from lumiere_jax.diffusion.thresholding import check_percentile, dynamic_threshold
+
+SAMPLERS = ("ddpm", "ddim")
+
+Predict = Callable[[jax.Array, jax.Array], jax.Array]  # (z, logsnr (B,)) -> model output shaped like z
+# (z_t, x0, eps, logsnr_t, logsnr_s, rng) -> z_s
+Step = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def check_sampler(name: str) -> str:
+    if name not in SAMPLERS:
+        raise ValueError(f"sample.sampler={name!r} is not supported; use one of {SAMPLERS}")
+    return name
+
+
+def check_num_steps(num_steps: int) -> int:
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(f"sample.num_steps={num_steps!r} must be an integer >= 1")
+    return num_steps
+
+
+def check_eta(eta: float) -> float:
+    """eta in [0, 1]: above 1 the DDIM noise would exceed the posterior variance (negative sqrt)."""
+    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"sample.ddim_eta={eta!r} must be a number in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like)")
+    return float(eta)
+
+
+def check_guidance_scale(scale: float) -> float:
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale < 0:
+        raise ValueError(
+            f"sample.guidance_scale={scale!r} must be a finite number >= 0 (0: unconditional, 1: conditional, "
+            ">1: classifier-free guidance)"
+        )
+    return float(scale)
+
+
+def check_t_start(t_start: float) -> float:
+    if not isinstance(t_start, (int, float)) or not 0.0 < t_start <= 1.0:
+        raise ValueError(f"t_start={t_start!r} must be in (0, 1]; 1 starts from pure noise, less is SDEdit")
+    return float(t_start)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """The `config.sample` section, validated. Frozen, so it can be a static jit argument.
+
+    `guidance_scale` is not used by `sample` itself: it is applied when the caller wraps its
+    model into `predict` with `classifier_free_guidance`, which needs the conditioning.
+    """
+
+    sampler: str
+    num_steps: int
+    ddim_eta: float
+    guidance_scale: float
+    threshold_percentile: float
+
+    def __post_init__(self):
+        check_sampler(self.sampler)
+        check_num_steps(self.num_steps)
+        check_eta(self.ddim_eta)
+        check_guidance_scale(self.guidance_scale)
+        check_percentile(self.threshold_percentile)
+
+
+def _posterior_fraction(logsnr_t: jax.Array, logsnr_s: jax.Array) -> jax.Array:
+    """c = sigma_{t|s}^2 / sigma_t^2 = 1 - SNR_t / SNR_s, without cancellation for close steps."""
+    return -jnp.expm1(logsnr_t - logsnr_s)
+
+
+def ddpm_step(z, x0, eps, logsnr_t, logsnr_s, rng) -> jax.Array:
+    """One ancestral step: a draw from the exact VP posterior q(z_s | z_t, x0). eps is unused."""
+    del eps
+    c = _posterior_fraction(logsnr_t, logsnr_s)
+    alpha_s, sigma_s = alpha_sigma(logsnr_s)
+    # (1 - c) alpha_s / alpha_t, as one exp of a log: finite even where alpha_t is ~1e-5.
+    z_coef = jnp.exp(
+        logsnr_t - logsnr_s + 0.5 * (jax.nn.log_sigmoid(logsnr_s) - jax.nn.log_sigmoid(logsnr_t))
+    )
+    mean = z_coef * z + c * alpha_s * x0
+    return mean + jnp.sqrt(c) * sigma_s * jax.random.normal(rng, z.shape, z.dtype)
+
+
+def ddim_step(eta: float) -> Step:
+    """The DDIM update (Song et al. 2021) for a given eta; eta = 0 draws no noise (rng unused)."""
+    eta = check_eta(eta)
+
+    def step(z, x0, eps, logsnr_t, logsnr_s, rng) -> jax.Array:
+        c = _posterior_fraction(logsnr_t, logsnr_s)
+        alpha_s, sigma_s = alpha_sigma(logsnr_s)
+        z_s = alpha_s * x0 + sigma_s * jnp.sqrt(1.0 - eta**2 * c) * eps
+        if eta == 0.0:
+            return z_s
+        return z_s + eta * jnp.sqrt(c) * sigma_s * jax.random.normal(rng, z.shape, z.dtype)
+
+    return step
+
+
+def denoise(
+    predict: Predict, z: jax.Array, logsnr: jax.Array, parameterization: str, threshold_percentile: float
+) -> tuple[jax.Array, jax.Array]:
+    """(x0, eps) predicted at (z, scalar logsnr), x0 dynamically thresholded and eps re-derived from it."""
+    alpha, sigma = alpha_sigma(logsnr)
+    output = predict(z, jnp.full((z.shape[0],), logsnr, jnp.float32))
+    if output.shape != z.shape:
+        raise ValueError(f"predict returned shape {output.shape}; it must match the sample shape {z.shape}")
+    x0, eps = output_to_x0_eps(output, z, alpha, sigma, parameterization)
+    if threshold_percentile > 0:
+        x0 = dynamic_threshold(x0, threshold_percentile)
+        eps = eps_from_x0(z, x0, alpha, sigma)
+    return x0, eps
+
+
+def _run(
+    step: Step,
+    draws_noise: bool,
+    predict: Predict,
+    noise: jax.Array,
+    rng: jax.Array,
+    schedule: CosineSchedule,
+    num_steps: int,
+    parameterization: str,
+    threshold_percentile: float,
+    t_start: float,
+) -> jax.Array:
+    """The loop shared by both samplers; the model is traced once (inside the loop body)."""
+    num_steps = check_num_steps(num_steps)
+    if rng is None and draws_noise:
+        raise ValueError("this sampler draws noise (DDPM, or DDIM with eta > 0): pass a jax.random key as rng")
+    check_parameterization(parameterization)
+    threshold_percentile = check_percentile(threshold_percentile)
+    t_start = check_t_start(t_start)
+
+    def body(k, z):
+        t = t_start * (num_steps - k) / num_steps
+        s = t_start * (num_steps - k - 1) / num_steps
+        logsnr_t, logsnr_s = schedule.logsnr(t), schedule.logsnr(s)
+        x0, eps = denoise(predict, z, logsnr_t, parameterization, threshold_percentile)
+        z_s = step(z, x0, eps, logsnr_t, logsnr_s, None if rng is None else jax.random.fold_in(rng, k))
+        return jnp.where(k == num_steps - 1, x0, z_s)
+
+    return jax.lax.fori_loop(0, num_steps, body, noise.astype(jnp.float32))
+
+
+def ddpm_sample(
+    predict: Predict,
+    noise: jax.Array,
+    rng: jax.Array,
+    schedule: CosineSchedule,
+    *,
+    num_steps: int,
+    parameterization: str,
+    threshold_percentile: float = 0.0,
+    t_start: float = 1.0,
+) -> jax.Array:
+    """Ancestral sampling from z_{t_start} = `noise` (standard normal for t_start = 1) to x0.
+
+    t_start < 1 starts from a partially noised input (SDEdit); then `noise` must be that input
+    diffused to `schedule.logsnr(t_start)` with `diffuse`.
+    """
+    return _run(
+        ddpm_step, True, predict, noise, rng, schedule, num_steps, parameterization, threshold_percentile, t_start
+    )
+
+
+def ddim_sample(
+    predict: Predict,
+    noise: jax.Array,
+    rng: jax.Array,
+    schedule: CosineSchedule,
+    *,
+    num_steps: int,
+    parameterization: str,
+    eta: float = 0.0,
+    threshold_percentile: float = 0.0,
+    t_start: float = 1.0,
+) -> jax.Array:
+    """DDIM sampling from z_{t_start} = `noise` to x0; `rng` is only used when eta > 0 (None is fine at 0)."""
+    return _run(
+        ddim_step(eta), eta > 0, predict, noise, rng, schedule, num_steps, parameterization, threshold_percentile,
+        t_start,
+    )
+
+
+def sample(
+    predict: Predict,
+    noise: jax.Array,
+    rng: jax.Array,
+    schedule: CosineSchedule,
+    settings: SamplerSettings,
+    *,
+    parameterization: str,
+    t_start: float = 1.0,
+) -> jax.Array:
+    """Runs the sampler named in `settings` (guidance must already be inside `predict`)."""
+    common = dict(
+        num_steps=settings.num_steps,
+        parameterization=parameterization,
+        threshold_percentile=settings.threshold_percentile,
+        t_start=t_start,
+    )
+    if check_sampler(settings.sampler) == "ddpm":
+        return ddpm_sample(predict, noise, rng, schedule, **common)
+    return ddim_sample(predict, noise, rng, schedule, eta=settings.ddim_eta, **common)

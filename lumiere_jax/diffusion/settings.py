@@ -1,0 +1,38 @@
+"""Builds the diffusion objects from the `config.diffusion` and `config.sample` sections.
+
+Validation lives in the objects themselves (so direct construction is checked too); this module
+only reads keys, reporting a missing one by its full config path.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from lumiere_jax.diffusion.parameterization import check_parameterization
+from lumiere_jax.diffusion.samplers import SamplerSettings
+from lumiere_jax.diffusion.schedule import CosineSchedule
+
+
+def _read(section: Any, section_name: str, key: str) -> Any:
+    if key not in section:
+        raise ValueError(f"config.{section_name}.{key} is missing; start from lumiere_jax.config.base_config()")
+    return section[key]
+
+
+def schedule_from_config(diffusion: Any) -> CosineSchedule:
+    """`config.diffusion` (logsnr_min, logsnr_max, shift) -> CosineSchedule."""
+    return CosineSchedule(
+        logsnr_min=_read(diffusion, "diffusion", "logsnr_min"),
+        logsnr_max=_read(diffusion, "diffusion", "logsnr_max"),
+        shift=_read(diffusion, "diffusion", "shift"),
+    )
+
+
+def parameterization_from_config(diffusion: Any) -> str:
+    """`config.diffusion.parameterization` ('v' or 'eps'), validated."""
+    return check_parameterization(_read(diffusion, "diffusion", "parameterization"))
+
+
+def sampler_settings_from_config(sample: Any) -> SamplerSettings:
+    """`config.sample` (sampler, num_steps, ddim_eta, guidance_scale, threshold_percentile) -> SamplerSettings."""
+    keys = ("sampler", "num_steps", "ddim_eta", "guidance_scale", "threshold_percentile")
+    return SamplerSettings(**{key: _read(sample, "sample", key) for key in keys})

@@ -1,0 +1,86 @@
+"""The one entry point: `python -m lumiere_jax.main --config=configs/NAME.py[:ARGS] --workdir=DIR --mode=MODE`.
+
+Config values are overridden with `--config.a.b=value`. Every start-up problem (unknown mode,
+missing config file, bad override, invalid config value) ends the process with one line that
+names it and a non-zero exit status.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+MODES = ("model_report",)
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/stunet_tiny.py[:ARG].")
+flags.DEFINE_string("workdir", None, "Directory for this job's outputs (checkpoints, logs, reports).")
+flags.DEFINE_string("mode", "model_report", f"What to run: one of {', '.join(MODES)}.")
+
+
+def _fail(message: str) -> None:
+    """Exits with status 2 and `message` on a single line."""
+    print("lumiere_jax: " + " ".join(str(message).split()), file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _fail(f"bad flag: {e}")
+    except (AttributeError, KeyError) as e:  # an override naming a key the config does not have
+        _fail(f"unknown config key in a --config.* override: {e}")
+    except Exception as e:  # config files are Python: any error loading one is a bad --config
+        _fail(f"could not load --config: {type(e).__name__}: {e}")
+
+
+def load_config():
+    """FLAGS.config, failing cleanly: config_flags defers a missing/broken file's error to first use."""
+    if FLAGS["config"].value is None:
+        _fail("--config is required, e.g. --config=configs/stunet_tiny.py")
+    try:
+        config = FLAGS.config
+        config.keys()
+    except OSError as e:
+        _fail(f"could not load --config: {str(e).strip()}")
+    return config
+
+
+def run_model_report(config, workdir: pathlib.Path) -> None:
+    from lumiere_jax.models.report import model_report
+
+    report = model_report(config)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "model_report.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"wrote {path}", file=sys.stderr)
+
+
+RUNNERS = {"model_report": run_model_report}
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    if FLAGS.mode not in RUNNERS:
+        _fail(f"unknown --mode={FLAGS.mode!r}; choose one of {', '.join(MODES)}")
+    config = load_config()
+    if not FLAGS.workdir:
+        _fail("--workdir is required")
+    try:
+        RUNNERS[FLAGS.mode](config, pathlib.Path(FLAGS.workdir))
+    except ValueError as e:
+        _fail(f"invalid config: {e}")
+
+
+def run() -> None:
+    """Console-script entry (`lumiere ...`)."""
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

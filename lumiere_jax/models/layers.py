@@ -1,0 +1,167 @@
+"""Building blocks of the text-to-image U-Net: convs, norms, noise embedding, res and attention blocks.
+
+All spatial layers see frames folded into the batch, (B*T, H, W, C), so normalisation statistics
+are per frame: the frozen T2I layers then behave exactly as they did on images.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lumiere_jax.models.attention import attention
+from lumiere_jax.parallel import axes
+from lumiere_jax.parallel.axes import partitioned
+
+default_kernel = nnx.initializers.variance_scaling(1.0, "fan_in", "normal")  # untruncated: far cheaper to compile
+zeros = nnx.initializers.zeros
+
+
+def conv(in_ch, out_ch, kernel, rngs, *, strides=1, padding="SAME", dtype=jnp.float32, kernel_init=default_kernel,
+         use_bias=True, in_axis=axes.EMBED, out_axis=axes.MLP) -> nnx.Conv:
+    """An N-D convolution whose kernel carries (None..., in_axis, out_axis) logical names."""
+    kernel = tuple(kernel) if isinstance(kernel, (tuple, list)) else (kernel,)
+    names = (axes.KERNEL,) * len(kernel) + (in_axis, out_axis)
+    return nnx.Conv(
+        in_ch, out_ch, kernel, strides, padding=padding, use_bias=use_bias, dtype=dtype,
+        kernel_init=partitioned(kernel_init, *names), bias_init=partitioned(zeros, out_axis), rngs=rngs,
+    )
+
+
+def dense(in_f, out_f, rngs, *, dtype=jnp.float32, kernel_init=default_kernel, use_bias=True,
+          in_axis=axes.EMBED, out_axis=axes.MLP) -> nnx.Linear:
+    return nnx.Linear(
+        in_f, out_f, use_bias=use_bias, dtype=dtype, kernel_init=partitioned(kernel_init, in_axis, out_axis),
+        bias_init=partitioned(zeros, out_axis), rngs=rngs,
+    )
+
+
+class GroupNorm(nnx.Module):
+    """GroupNorm over all non-batch axes, computed in float32 whatever the compute dtype."""
+
+    def __init__(self, channels: int, groups: int, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.dtype = dtype
+        self.norm = nnx.GroupNorm(
+            channels, num_groups=groups, epsilon=1e-5, dtype=jnp.float32,
+            scale_init=partitioned(nnx.initializers.ones, axes.NORM),
+            bias_init=partitioned(zeros, axes.NORM), rngs=rngs,
+        )
+
+    def __call__(self, x):
+        return self.norm(x.astype(jnp.float32)).astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over channels, computed in float32."""
+
+    def __init__(self, channels: int, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.dtype = dtype
+        self.norm = nnx.LayerNorm(
+            channels, epsilon=1e-5, dtype=jnp.float32,
+            scale_init=partitioned(nnx.initializers.ones, axes.NORM),
+            bias_init=partitioned(zeros, axes.NORM), rngs=rngs,
+        )
+
+    def __call__(self, x):
+        return self.norm(x.astype(jnp.float32)).astype(self.dtype)
+
+
+def noise_level_features(logsnr: jax.Array, dim: int) -> jax.Array:
+    """Sinusoidal features of the noise level, (B,) -> (B, dim).
+
+    The log-SNR is mapped to the time of the *unshifted* cosine schedule,
+    t = 2/pi * arctan(exp(-logsnr / 2)) in [0, 1], so the embedding is bounded and means the same
+    noise level whatever schedule shift a model was trained with.
+    """
+    t = (2.0 / math.pi) * jnp.arctan(jnp.exp(-0.5 * logsnr.astype(jnp.float32)))
+    half = dim // 2
+    freqs = jnp.exp(-math.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+    angles = (1000.0 * t)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+class NoiseEmbedding(nnx.Module):
+    """Noise level (and pooled text) -> the embedding that modulates every res block."""
+
+    def __init__(self, channels: int, emb_dim: int, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.channels = channels
+        self.fc1 = dense(channels, emb_dim, rngs, dtype=dtype)
+        self.fc2 = dense(emb_dim, emb_dim, rngs, dtype=dtype, in_axis=axes.MLP, out_axis=axes.EMBED)
+
+    def __call__(self, logsnr):
+        h = noise_level_features(logsnr, self.channels).astype(self.fc1.dtype)
+        return self.fc2(jax.nn.silu(self.fc1(h)))
+
+
+class ResBlock(nnx.Module):
+    """GroupNorm-SiLU-Conv, scale/shift from the embedding, GroupNorm-SiLU-Conv, plus a skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.norm1 = GroupNorm(in_ch, groups, rngs, dtype)
+        self.conv1 = conv(in_ch, out_ch, (3, 3), rngs, dtype=dtype)
+        self.emb_proj = dense(emb_dim, 2 * out_ch, rngs, dtype=dtype)
+        self.norm2 = GroupNorm(out_ch, groups, rngs, dtype)
+        self.conv2 = conv(out_ch, out_ch, (3, 3), rngs, dtype=dtype, in_axis=axes.MLP, out_axis=axes.EMBED)
+        self.skip = conv(in_ch, out_ch, (1, 1), rngs, dtype=dtype) if in_ch != out_ch else None
+
+    def __call__(self, x, emb):
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        scale, shift = jnp.split(self.emb_proj(jax.nn.silu(emb))[:, None, None, :], 2, axis=-1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(jax.nn.silu(h))
+        return h + (x if self.skip is None else self.skip(x))
+
+
+class SpatialAttention(nnx.Module):
+    """Self-attention over the H*W tokens of each frame, with the text tokens joined to its keys/values.
+
+    Joining text to the keys/values (rather than a separate cross-attention) is the Imagen base
+    model's choice: one attention call both mixes space and reads the prompt, and the image tokens
+    keep every row of the mask valid even for the null (empty) prompt.
+    """
+
+    def __init__(self, channels: int, text_channels: int, head_dim: int, groups: int, rngs: nnx.Rngs,
+                 dtype=jnp.float32, implementation: str = "xla"):
+        self.heads = channels // head_dim
+        self.head_dim = head_dim
+        self.implementation = implementation
+        self.norm = GroupNorm(channels, groups, rngs, dtype)
+        self.qkv = dense(channels, 3 * channels, rngs, dtype=dtype)
+        self.text_kv = dense(text_channels, 2 * channels, rngs, dtype=dtype)
+        self.out = dense(channels, channels, rngs, dtype=dtype, in_axis=axes.MLP, out_axis=axes.EMBED)
+
+    def __call__(self, x, text, text_mask):
+        """x (N, H, W, C); text (N, L, text_channels) and text_mask (N, L) already per frame."""
+        n, h, w, c = x.shape
+        tokens = self.norm(x).reshape(n, h * w, c)
+        q, k, v = jnp.split(self.qkv(tokens), 3, axis=-1)
+        tk, tv = jnp.split(self.text_kv(text), 2, axis=-1)
+        k = jnp.concatenate([k, tk], axis=1)
+        v = jnp.concatenate([v, tv], axis=1)
+        heads = lambda a: a.reshape(n, a.shape[1], self.heads, self.head_dim)  # noqa: E731
+        keep = jnp.concatenate([jnp.ones((n, h * w), bool), text_mask.astype(bool)], axis=1)
+        out = attention(heads(q), heads(k), heads(v), mask=keep[:, None, None, :], implementation=self.implementation)
+        return x + self.out(out.reshape(n, h * w, c)).reshape(n, h, w, c)
+
+
+class Downsample(nnx.Module):
+    """Spatial 2x downsampling by a stride-2 3x3 convolution."""
+
+    def __init__(self, channels: int, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.conv = conv(channels, channels, (3, 3), rngs, strides=2, padding=((1, 1), (1, 1)), dtype=dtype)
+
+    def __call__(self, x):
+        return self.conv(x)
+
+
+class Upsample(nnx.Module):
+    """Spatial 2x upsampling: nearest neighbour, then a 3x3 convolution."""
+
+    def __init__(self, channels: int, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.conv = conv(channels, channels, (3, 3), rngs, dtype=dtype)
+
+    def __call__(self, x):
+        return self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))

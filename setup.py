@@ -1,0 +1,41 @@
+"""Installs lumiere_jax, the offline data jobs and the `lumiere` console entry."""
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.10,<0.11",
+    "flax>=0.12,<0.13",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "grain>=0.2.18",
+    "array_record>=0.8",
+    "ml_collections>=1.0",
+    "absl-py>=2.0",
+    "numpy>=1.26",
+    "sentencepiece>=0.2",
+    "av>=14",
+    "tensorboardX>=2.6",
+    "tqdm>=4.66",
+    "pillow>=10",
+    "tensorstore>=0.1.60",
+]
+
+EXTRAS = {
+    # Test-only references; torch is the CPU wheel the machines carry locally.
+    "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.50", "safetensors>=0.4", "scikit-video>=1.1.11"],
+    "tfds": ["tensorflow-datasets>=4.9"],
+    "seqio": ["seqio>=0.0.19"],
+    "tpu-aot": ["libtpu"],
+}
+
+setup(
+    name="lumiere_jax",
+    version="0.1.0",
+    description="Lumiere-style space-time diffusion (STUNet, SSR, T5) in JAX/Flax NNX.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lumiere_jax", "lumiere_jax.*", "data_pipelines", "data_pipelines.*"]),
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["lumiere=lumiere_jax.main:run"]},
+)

@@ -1,0 +1,234 @@
+"""STUNet: the inflation invariants of Lumiere (identity at init), parameter groups and sharding."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from configs.stunet_tiny import get_config
+from lumiere_jax import parallel
+from lumiere_jax.models import param_groups
+from lumiere_jax.models.temporal import TemporalAttention, TemporalConvBlock, TemporalDownsample, TemporalUpsample
+from lumiere_jax.models.unet import Level, UNet, UNetConfig, build_unet
+
+B, T, H, L = 2, 16, 32, 8
+
+
+@pytest.fixture(scope="module")
+def config():
+    return get_config()
+
+
+@pytest.fixture(scope="module")
+def t2i(config):
+    """A stand-in for a pre-trained T2I U-Net: every parameter moved off its initial value.
+
+    Freshly initialised, the output conv is zero and the test below would hold trivially.
+    """
+    model = build_unet(config.model, temporal=False, seed=1)
+    state = nnx.state(model, nnx.Param)
+    leaves, treedef = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    noisy = [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    nnx.update(model, jax.tree.unflatten(treedef, noisy))
+    return model
+
+
+@pytest.fixture(scope="module")
+def stunet(config, t2i):
+    """STUNet inflated from the T2I: its spatial part loaded, temporal part at init."""
+    model = build_unet(config.model, seed=2)
+    param_groups.load_spatial(model, nnx.state(t2i, nnx.Param))
+    return model
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    k = jax.random.split(jax.random.key(0), 4)
+    video = jax.random.normal(k[0], (B, T, H, H, 3))
+    logsnr = jnp.array([-3.0, 2.0])
+    text = jax.random.normal(k[1], (B, L, 32))
+    mask = jnp.arange(L)[None, :] < jnp.array([[5], [8]])  # padded prompts
+    return video, logsnr, text, mask
+
+
+def forward(model, *args, **kw):
+    return nnx.jit(lambda m, *a: m(*a, **kw))(model, *args)
+
+
+def test_static_video_equals_t2i_per_frame(t2i, stunet, inputs):
+    video, logsnr, text, mask = inputs
+    static = jnp.broadcast_to(video[:, :1], video.shape)
+    out = forward(stunet, static, logsnr, text, mask)
+    per_frame = forward(t2i, video[:, :1], logsnr, text, mask)
+    assert float(jnp.abs(per_frame).max()) > 0.1  # the comparison is not between zeros
+    np.testing.assert_allclose(out, jnp.broadcast_to(per_frame, out.shape), atol=1e-5, rtol=1e-5)
+
+
+def test_image_mode_is_exactly_the_t2i_unet(t2i, stunet, inputs):
+    video, logsnr, text, mask = inputs
+    out = forward(stunet, video, logsnr, text, mask, image_mode=True)
+    ref = forward(t2i, video, logsnr, text, mask)
+    np.testing.assert_array_equal(out, ref)
+    # and it really bypasses time: frame 3 alone gives the same output as within the clip
+    alone = forward(stunet, video[:, 3:4], logsnr, text, mask, image_mode=True)
+    np.testing.assert_allclose(alone[:, 0], out[:, 3], atol=1e-5)
+
+
+def test_temporal_modules_see_time(stunet, inputs):
+    """After the temporal part leaves its init, frames influence each other (and not in image mode)."""
+    video, logsnr, text, mask = inputs
+    model = nnx.clone(stunet)
+    state = nnx.state(model, param_groups.TEMPORAL)
+    nnx.update(model, jax.tree.map(lambda x: x + 0.1, state))
+    out = forward(model, video, logsnr, text, mask)
+    changed = video.at[:, -1].add(1.0)
+    out2 = forward(model, changed, logsnr, text, mask)
+    assert float(jnp.abs(out2[:, 0] - out[:, 0]).max()) > 1e-4
+
+
+def test_temporal_down_and_upsampling_are_exact_at_init():
+    x = jax.random.normal(jax.random.key(3), (2, 10, 4, 4, 8))
+    down = TemporalDownsample(8, 3, nnx.Rngs(0))
+    up = TemporalUpsample(8, 3, nnx.Rngs(0))
+    np.testing.assert_array_equal(down(x), x[:, ::2])
+    np.testing.assert_array_equal(up(x), jnp.repeat(x, 2, axis=1))
+
+
+def test_temporal_attention_only_at_the_coarsest_level(stunet, config):
+    cfg = stunet.cfg
+    found = [path for path, node in nnx.iter_graph(stunet) if isinstance(node, TemporalAttention)]
+    assert len(found) == cfg.temporal_attention_depth > 0
+    assert all(path[0] == "temporal_attention" for path in found)  # the middle block, not a level
+    for node in (n for _, n in nnx.iter_graph(stunet) if isinstance(n, TemporalAttention)):
+        assert node.qkv.in_features == cfg.level_channels[-1]
+    coarsest = cfg.num_levels - 1
+    for lv in range(cfg.num_levels):
+        for level in (stunet.down[lv], stunet.up[lv]):
+            inside = [n for _, n in nnx.iter_graph(level) if isinstance(n, TemporalAttention)]
+            assert not inside
+            assert (level.temporal_convs is None) == (lv == coarsest)
+    convs = [p for p, n in nnx.iter_graph(stunet) if isinstance(n, TemporalConvBlock)]
+    assert len(convs) == (cfg.num_levels - 1) * (2 * cfg.num_res_blocks + 1)
+
+
+def test_frames_not_divisible_by_the_temporal_factor_is_a_clear_error(stunet, inputs):
+    video, logsnr, text, mask = inputs
+    with pytest.raises(ValueError, match=r"num_frames=10 is not divisible by 2\*\*2=4"):
+        stunet(video[:, :10], logsnr, text, mask)
+    # image mode has no such constraint
+    assert forward(stunet, video[:1, :3], logsnr[:1], text[:1], mask[:1], image_mode=True).shape == (1, 3, H, H, 3)
+
+
+def test_parameter_groups_partition_the_model(config):
+    model = nnx.eval_shape(lambda: UNet(dataclasses.replace(UNetConfig.from_config(config.model),
+                                                           conditioning_channels=4), rngs=nnx.Rngs(0)))
+    count = lambda f: sum(x.size for x in jax.tree.leaves(nnx.state(model, f)))  # noqa: E731
+    groups = {name: count(f) for name, f in param_groups.GROUPS.items()}
+    assert all(v > 0 for v in groups.values())
+    assert sum(groups.values()) == count(nnx.Param)
+    t2i = nnx.eval_shape(lambda: build_unet(config.model, temporal=False))
+    assert count(param_groups.SPATIAL) - groups["spatial"] == 0
+    assert groups["spatial"] == sum(x.size for x in jax.tree.leaves(nnx.state(t2i, nnx.Param)))
+
+
+def test_load_spatial_rejects_a_mismatched_checkpoint(config, stunet):
+    other = config.model.copy_and_resolve_references()
+    other.base_channels = 8
+    small = nnx.eval_shape(lambda: build_unet(other, temporal=False))
+    with pytest.raises(ValueError, match="shape mismatch at"):
+        param_groups.load_spatial(nnx.clone(stunet), nnx.state(small, nnx.Param))
+
+
+def test_frozen_spatial_step_changes_only_temporal_parameters(stunet, inputs):
+    video, logsnr, text, mask = inputs
+    model = nnx.clone(stunet)
+    before = flat_params(model)
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=param_groups.NEW)
+    target = jnp.flip(video, axis=1)  # a target that needs time to be mixed
+
+    @nnx.jit
+    def step(model, optimizer):
+        def loss_fn(m):
+            return jnp.mean((m(video, logsnr, text, mask) - target) ** 2)
+
+        grads = nnx.grad(loss_fn, argnums=nnx.DiffState(0, param_groups.NEW))(model)
+        optimizer.update(model, grads)
+
+    for _ in range(2):
+        step(model, optimizer)
+    after = flat_params(model)
+    temporal = set(flat_params(model, param_groups.TEMPORAL))
+    moved = {path for path in before if not np.array_equal(before[path], after[path])}
+    assert not moved - temporal, f"spatial parameters changed: {sorted(moved - temporal)[:3]}"
+    assert len(moved) > len(temporal) // 2
+
+
+def flat_params(model, what=nnx.Param) -> dict:
+    """A copy of the model's parameters as {path: numpy array}."""
+    return {path: np.array(var[...]) for path, var in nnx.to_flat_state(nnx.state(model, what))}
+
+
+def test_conditioning_channels_are_zero_initialised(config, t2i, inputs):
+    video, logsnr, text, mask = inputs
+    cfg = config.model.copy_and_resolve_references()
+    cfg.conditioning_channels = 4
+    model = build_unet(cfg, temporal=False)
+    param_groups.load_spatial(model, nnx.state(t2i, nnx.Param))
+    cond = jax.random.normal(jax.random.key(5), video.shape[:-1] + (4,))
+    out = forward(model, jnp.concatenate([video, cond], -1), logsnr, text, mask)
+    np.testing.assert_array_equal(out, forward(t2i, video, logsnr, text, mask))
+    with pytest.raises(ValueError, match=r"expected video \(B, T, H, W, 7\)"):
+        model(video, logsnr, text, mask)
+
+
+def test_sharded_forward_equals_single_device(config, stunet, inputs):
+    video, logsnr, text, mask = inputs
+    ref = forward(stunet, video, logsnr, text, mask)
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    rules = parallel.logical_axis_rules()
+    sharded = parallel.shard_module(stunet, mesh, rules)
+    kernel = sharded.down[0].blocks[0].conv1.kernel[...]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, None, "fsdp", "tensor")
+    video4 = jnp.concatenate([video, video[::-1]])
+    args = (video4, jnp.concatenate([logsnr, logsnr[::-1]]), jnp.concatenate([text, text[::-1]]),
+            jnp.concatenate([mask, mask[::-1]]))
+    args = [jax.device_put(a, parallel.batch_sharding(mesh, rules, a.ndim)) for a in args]
+    with jax.set_mesh(mesh):
+        out = forward(sharded, *args)
+    assert len(out.sharding.device_set) == 8
+    np.testing.assert_allclose(out[:B], ref, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(out[B:], ref[::-1], atol=1e-5, rtol=1e-5)
+
+
+def test_create_sharded_builds_parameters_in_place(config):
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    model = build_unet(config.model, mesh=mesh, rules=parallel.logical_axis_rules())
+    kernel = model.up[1].blocks[0].conv2.kernel[...]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, None, "tensor", "fsdp")
+    single = build_unet(config.model)
+    np.testing.assert_array_equal(kernel, single.up[1].blocks[0].conv2.kernel[...])
+
+
+def test_bfloat16_compute(config, inputs):
+    video, logsnr, text, mask = inputs
+    cfg = config.model.copy_and_resolve_references()
+    cfg.dtype = "bfloat16"
+    model = build_unet(cfg)
+    assert model.down[0].blocks[0].conv1.kernel[...].dtype == jnp.float32  # parameters stay float32
+    out = forward(model, video, logsnr, text, mask)
+    assert out.dtype == jnp.float32 and bool(jnp.isfinite(out).all())
+
+
+def test_bad_model_config_names_the_key(config):
+    cfg = config.model.copy_and_resolve_references()
+    cfg.temporal.downsample_levels = (0, 5)
+    with pytest.raises(ValueError, match=r"model.temporal.downsample_levels \[5\]"):
+        UNetConfig.from_config(cfg)
+    cfg = config.model.copy_and_resolve_references()
+    cfg.norm_groups = 5
+    with pytest.raises(ValueError, match="model.norm_groups=5"):
+        UNetConfig.from_config(cfg)
