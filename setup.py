@@ -17,6 +17,7 @@ CORE = [
     "tqdm>=4.66",
     "pillow>=10",
     "tensorstore>=0.1.60",
+    "protobuf>=4",
 ]
 
 EXTRAS = {

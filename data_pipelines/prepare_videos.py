@@ -68,7 +68,8 @@ def _jsonl_rows(f) -> Iterator[Any]:
 
 def _manifest_item(row: Any, root: str, line: int) -> dict[str, Any]:
     if not isinstance(row, dict) or not isinstance(row.get("path"), str) or not row["path"]:
-        return {"key": f"manifest row {line}", "error": row.get("error", "no 'path'") if isinstance(row, dict) else "not an object"}
+        error = row.get("error", "no 'path'") if isinstance(row, dict) else "not an object"
+        return {"key": f"manifest row {line}", "error": error}
     item = {"key": row["path"], "path": os.path.join(root, row["path"]), "caption": str(row.get("caption") or "")}
     try:
         item["start"] = float(row["start"]) if row.get("start") not in (None, "") else 0.0
@@ -98,7 +99,8 @@ def scan_folder(root: str) -> list[dict[str, Any]]:
                 if os.path.isfile(sidecar):
                     with open(sidecar, encoding="utf-8") as f:
                         caption = f.read().strip()
-                items.append({"key": os.path.relpath(path, root), "path": path, "caption": caption, "start": 0.0, "end": None})
+                key = os.path.relpath(path, root)
+                items.append({"key": key, "path": path, "caption": caption, "start": 0.0, "end": None})
     return items
 
 
@@ -123,6 +125,7 @@ def _timed_frames(container, stream, progress: _Progress) -> Iterator[tuple[Frac
 
 
 def _frame_period(stream) -> Fraction:
+    """Seconds per source frame (how long the last frame stays on screen)."""
     rate = stream.average_rate or stream.guessed_rate
     return 1 / Fraction(rate) if rate else Fraction(1, 25)
 
@@ -135,9 +138,8 @@ def _check_complete(stream, progress: _Progress, end: Optional[Fraction]) -> Non
     declared = Fraction(stream.duration) * stream.time_base
     wanted = declared if end is None else min(declared, end)
     if progress.last_time + 2 * _frame_period(stream) < wanted:
-        raise runner.Skip(
-            "corrupt", f"decoding stopped at {float(progress.last_time):.2f} s of {float(wanted):.2f} s (clips before kept)"
-        )
+        stopped = f"decoding stopped at {float(progress.last_time):.2f} s of {float(wanted):.2f} s"
+        raise runner.Skip("corrupt", f"{stopped} (clips before kept)")
 
 
 def video_clips(item: dict[str, Any], settings: dict[str, Any]) -> Iterator[ClipRecord]:
@@ -182,7 +184,8 @@ def video_clips(item: dict[str, Any], settings: dict[str, Any]) -> Iterator[Clip
         try:
             for first, stacks in clips:
                 meta = dict(source, start_time=float(start + first / fps))
-                yield clip_lib.clip_record(item["key"], first // settings["stride"], item["caption"], settings["fps"], stacks, meta)
+                index = first // settings["stride"]
+                yield clip_lib.clip_record(item["key"], index, item["caption"], settings["fps"], stacks, meta)
         except av.error.FFmpegError as e:
             raise runner.Skip("corrupt", f"decoding failed ({e}); clips before the damage were kept") from None
         except runner.Skip:  # too short: unless it is short because it is cut off
@@ -192,12 +195,11 @@ def video_clips(item: dict[str, Any], settings: dict[str, Any]) -> Iterator[Clip
 
 
 def _check_stream(stream, fps: Fraction, settings: dict[str, Any]) -> None:
-    if stream.width is None or stream.height is None or not stream.width or not stream.height:
+    if not stream.width or not stream.height:
         raise runner.Skip("unreadable", "the video stream has no frame size")
     if min(stream.width, stream.height) < max(settings["sizes"]):
-        raise runner.Skip(
-            "resolution_below_target", f"{stream.width}x{stream.height} is smaller than the largest size {max(settings['sizes'])}"
-        )
+        size, largest = f"{stream.width}x{stream.height}", max(settings["sizes"])
+        raise runner.Skip("resolution_below_target", f"{size} is smaller than the largest size {largest}")
     rate = stream.average_rate
     if rate and Fraction(rate) < fps:
         raise runner.Skip("fps_below_target", f"{float(rate):.3g} fps source, {float(fps):g} fps target")
@@ -214,14 +216,20 @@ def shard_fn(items: list[dict[str, Any]], settings: dict[str, Any], sink: runner
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m data_pipelines.{JOB}", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m data_pipelines.{JOB}",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     inputs = parser.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--manifest", help="CSV (header: path,caption[,start,end]) or JSONL with the same keys")
     inputs.add_argument("--video_dir", help="folder of videos, each with a <name>.txt caption sidecar")
     parser.add_argument("--fps", type=float, default=16.0, help="target frame rate (default: %(default)s)")
     parser.add_argument("--num_frames", type=int, default=80, help="frames per clip (default: %(default)s)")
     parser.add_argument("--stride", type=int, default=None, help="frames between clip starts (default: --num_frames)")
-    parser.add_argument("--sizes", default="128", help="square sizes, e.g. 128,512; the smallest is the base (default: %(default)s)")
+    parser.add_argument(
+        "--sizes", default="128", help="square sizes, e.g. 128,512; the smallest is the base (default: %(default)s)"
+    )
     runner.add_common_flags(parser, prefix="clips")
     return parser
 
@@ -247,7 +255,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise runner.JobError(f"no videos found in {args.manifest or args.video_dir}")
         per_shard = [items[k :: args.num_shards] for k in range(args.num_shards)]
         tasks = runner.make_tasks(args.output_dir, args.prefix, per_shard, [len(p) for p in per_shard])
-        return runner.run_job(JOB, tasks, shard_fn, settings, args.output_dir, args.prefix, args.workers, args.overwrite)
+        return runner.run_job(
+            JOB, tasks, shard_fn, settings, args.output_dir, args.prefix, args.workers, args.overwrite
+        )
 
     return runner.cli(run)
 

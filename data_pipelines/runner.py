@@ -5,14 +5,15 @@ A job splits its inputs into one `ShardTask` per output shard and supplies a mod
   * keeps shards that already exist (a shard is written under a temporary name and renamed
     when complete, so an existing shard is a finished one) after checking, through the stats
     file written next to it, that it came from the same inputs and settings;
-  * runs the remaining tasks in worker processes (spawned, so the jobs are safe to fork from
-    anything), with one progress bar over input items;
+  * runs the remaining tasks in worker processes (spawned, not forked: safe from a parent
+    that holds threads), with one progress bar over input items;
   * counts every skipped input by reason instead of dying on it, and writes a summary JSON.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import multiprocessing
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import tqdm
 
-from lumiere_jax.data.schema import ClipRecord
+from lumiere_jax.data.schema import ClipRecord, encode_record
 from lumiere_jax.data.shards import SHARD_SUFFIX, TMP_SUFFIX, ShardWriter, captions_path, shard_name
 
 MAX_LISTED_FAILURES = 200  # per shard and in the summary; the counts are always complete
@@ -33,6 +34,10 @@ MAX_LISTED_FAILURES = 200  # per shard and in the summary; the counts are always
 
 class JobError(Exception):
     """A problem with the job's arguments or output directory: the job stops before writing."""
+
+
+class ShardWriteError(Exception):
+    """Writing the shard file failed (disk full, ...): fatal for the shard, never one input's fault."""
 
 
 class Skip(Exception):
@@ -52,7 +57,10 @@ class ShardTask:
     num_items: Optional[int]  # for the progress bar; None when unknown until read
 
 
-def make_tasks(output_dir: str, prefix: str, item_lists: Sequence[Any], sizes: Sequence[Optional[int]]) -> list[ShardTask]:
+def make_tasks(
+    output_dir: str, prefix: str, item_lists: Sequence[Any], sizes: Sequence[Optional[int]]
+) -> list[ShardTask]:
+    """One task per entry of `item_lists`, shard k of len(item_lists), with its item count."""
     count = len(item_lists)
     return [
         ShardTask(k, os.path.join(output_dir, shard_name(prefix, k, count)), items, n)
@@ -73,7 +81,11 @@ class ShardSink:
         self.stats: dict[str, Any] = {"records": 0, "items": 0, "items_with_records": 0, "skipped": {}, "failures": []}
 
     def write(self, record: ClipRecord) -> None:
-        self._writer.write(record)
+        data = encode_record(record, self._writer.codec, self._writer.quality)  # a bad record fails its input
+        try:
+            self._writer.write_encoded(data, record.id, record.caption)
+        except Exception as e:
+            raise ShardWriteError(f"writing {self._writer.path} failed: {e}") from e
         self.stats["records"] += 1
 
     def skip(self, reason: str, item: str, detail: str = "") -> None:
@@ -89,6 +101,8 @@ class ShardSink:
             yield
         except Skip as e:
             self.skip(e.reason, name, e.detail)
+        except ShardWriteError:
+            raise
         except Exception as e:  # noqa: BLE001 - one bad input must never stop the job
             self.skip("error", name, f"{type(e).__name__}: {e}")
         finally:
@@ -136,7 +150,8 @@ def _run_task_in_worker(args) -> tuple[int, Optional[dict], Optional[str]]:
 
 def fingerprint_of(job: str, settings: dict, tasks: Sequence[ShardTask]) -> str:
     """Identifies what a shard holds: the job, its settings and every shard's inputs."""
-    blob = json.dumps({"job": job, "settings": settings, "items": [t.items for t in tasks]}, sort_keys=True, default=str)
+    content = {"job": job, "settings": settings, "items": [t.items for t in tasks]}
+    blob = json.dumps(content, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()
 
 
@@ -160,6 +175,22 @@ def _kept_stats(task: ShardTask, fingerprint: str, overwrite: bool) -> Optional[
         f"{task.path} exists but was written from other inputs or settings; write to a new --output_dir, "
         "or pass --overwrite to replace the shards there"
     )
+
+
+def _remove_or_refuse_stale(output_dir: str, prefix: str, tasks: Sequence[ShardTask], overwrite: bool) -> None:
+    """Shards of this prefix from a run with another shard count would be read with these by
+    any training glob, duplicating data: they are deleted with --overwrite, else refused."""
+    wanted = {t.path for t in tasks}
+    stale = sorted(p for p in glob.glob(os.path.join(output_dir, f"{prefix}-*-of-*{SHARD_SUFFIX}")) if p not in wanted)
+    if stale and not overwrite:
+        raise JobError(
+            f"{output_dir} holds {len(stale)} '{prefix}' shards of another run (e.g. {os.path.basename(stale[0])}); "
+            "write to a new --output_dir or --prefix, or pass --overwrite to delete them"
+        )
+    for path in stale:
+        for leftover in (path, stats_path(path), captions_path(path)):
+            if os.path.exists(leftover):
+                os.remove(leftover)
 
 
 def _run_pending(shard_fn, pending, settings, fingerprint, workers, bar) -> tuple[dict[int, dict], dict[int, str]]:
@@ -219,6 +250,7 @@ def run_job(
     """
     start = time.time()
     os.makedirs(output_dir, exist_ok=True)
+    _remove_or_refuse_stale(output_dir, prefix, tasks, overwrite)
     fingerprint = fingerprint_of(job, settings, tasks)
     kept = {t.index: s for t in tasks if (s := _kept_stats(t, fingerprint, overwrite)) is not None}
     pending = [t for t in tasks if t.index not in kept]

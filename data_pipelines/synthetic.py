@@ -136,7 +136,7 @@ def make_example(index: int, settings: dict[str, Any]) -> ClipRecord:
         fps=float(settings["fps"]),
         hires={size: stack for size, stack in stacks.items() if size != base},
         annotations={"positions": positions},
-        meta={"color": combo[0], "shape": combo[1], "direction": combo[2], "radius": radius, "split": settings["split"]},
+        meta=dict(color=combo[0], shape=combo[1], direction=combo[2], radius=radius, split=settings["split"]),
     )
 
 
@@ -147,14 +147,18 @@ def shard_fn(index_range: tuple[int, int], settings: dict[str, Any], sink: runne
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m data_pipelines.{JOB}", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m data_pipelines.{JOB}",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--num_examples", type=int, default=1024, help="records to write (default: %(default)s)")
-    parser.add_argument("--kind", choices=KINDS, default="video", help="clips or single-frame images (default: %(default)s)")
-    parser.add_argument("--split", choices=SPLITS, default="train", help="train: no held-out combination; heldout: only them")
+    parser.add_argument("--kind", choices=KINDS, default="video", help="clips or 1-frame images (default: %(default)s)")
+    parser.add_argument("--split", choices=SPLITS, default="train", help="train: no held-out combo; heldout: only them")
     parser.add_argument("--heldout", default="", help="comma-separated color:shape:direction, '*' matches any")
     parser.add_argument("--num_frames", type=int, default=80, help="frames per clip (default: %(default)s)")
-    parser.add_argument("--sizes", default="128", help="square sizes, e.g. 32,128; smallest is the base (default: %(default)s)")
-    parser.add_argument("--fps", type=float, default=16.0, help="frame rate stored in the records (default: %(default)s)")
+    parser.add_argument("--sizes", default="128", help="square sizes, e.g. 32,128; smallest is the base (%(default)s)")
+    parser.add_argument("--fps", type=float, default=16.0, help="frame rate stored in the records (%(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="data seed (default: %(default)s)")
     runner.add_common_flags(parser, prefix="shapes")
     return parser
@@ -183,11 +187,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         "codec": args.codec,
         "quality": args.quality,
     }
-    bounds = [(k * args.num_examples // args.num_shards, (k + 1) * args.num_examples // args.num_shards) for k in range(args.num_shards)]
+    edges = [k * args.num_examples // args.num_shards for k in range(args.num_shards + 1)]
+    bounds = list(zip(edges[:-1], edges[1:]))
     tasks = runner.make_tasks(args.output_dir, args.prefix, bounds, [b - a for a, b in bounds])
 
     def run() -> dict:
-        return runner.run_job(JOB, tasks, shard_fn, settings, args.output_dir, args.prefix, args.workers, args.overwrite)
+        return runner.run_job(
+            JOB, tasks, shard_fn, settings, args.output_dir, args.prefix, args.workers, args.overwrite
+        )
 
     return runner.cli(run)
 

@@ -103,7 +103,8 @@ def shard_fn(shard: tuple[int, int], settings: dict[str, Any], sink: runner.Shar
     index, count = shard
     builder = tfds.builder(settings["dataset"], data_dir=settings["data_dir"])
     video_key = settings["video_key"]
-    ds = builder.as_dataset(split=settings["split"], shuffle_files=False, decoders={video_key: tfds.decode.SkipDecoding()})
+    decoders = {video_key: tfds.decode.SkipDecoding()}  # decode only this shard's examples, below
+    ds = builder.as_dataset(split=settings["split"], shuffle_files=False, decoders=decoders)
     video_feature = builder.info.features[video_key]
     label_names = builder.info.features[settings["label_key"]].names if settings["label_key"] else None
 
@@ -132,15 +133,19 @@ def _num_examples(builder, split: str) -> Optional[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m data_pipelines.{JOB}", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m data_pipelines.{JOB}",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--dataset", required=True, help="tfds name, e.g. ucf101 or ucf101/ucf101_1_256")
     parser.add_argument("--split", default="train", help="tfds split (default: %(default)s)")
     parser.add_argument("--data_dir", default=None, help="tfds data directory (default: tfds' own)")
     parser.add_argument("--video_key", default=None, help="video feature (default: the first Video feature)")
     parser.add_argument("--label_key", default="label", help="ClassLabel feature for captions (default: %(default)s)")
     parser.add_argument("--caption_key", default=None, help="Text feature to use as caption instead of a label")
-    parser.add_argument("--caption_template", default="a video of {label}", help="caption from a label (default: %(default)s)")
-    parser.add_argument("--source_fps", type=float, default=25.0, help="frame rate of the dataset's videos (UCF101: 25)")
+    parser.add_argument("--caption_template", default="a video of {label}", help="caption from a label (%(default)s)")
+    parser.add_argument("--source_fps", type=float, default=25.0, help="frame rate of the dataset's videos (UCF101 25)")
     parser.add_argument("--fps", type=float, default=16.0, help="target frame rate (default: %(default)s)")
     parser.add_argument("--num_frames", type=int, default=80, help="frames per clip (default: %(default)s)")
     parser.add_argument("--stride", type=int, default=None, help="frames between clip starts (default: --num_frames)")
@@ -183,7 +188,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         sizes = [None if total is None else len(range(k, total, args.num_shards)) for k in range(args.num_shards)]
         shards = [(k, args.num_shards) for k in range(args.num_shards)]
         tasks = runner.make_tasks(args.output_dir, args.prefix, shards, sizes)
-        return runner.run_job(JOB, tasks, shard_fn, settings, args.output_dir, args.prefix, args.workers, args.overwrite)
+        return runner.run_job(
+            JOB, tasks, shard_fn, settings, args.output_dir, args.prefix, args.workers, args.overwrite
+        )
 
     return runner.cli(run)
 

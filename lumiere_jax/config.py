@@ -20,6 +20,7 @@ def model_config() -> ml_collections.ConfigDict:
     m.text_dim = 4096  # width of the text encoder's token embeddings (T5-XXL)
     m.dtype = "float32"  # compute dtype: float32 or bfloat16 (norms and softmax stay float32)
     m.attention_impl = "xla"  # jax.nn.dot_product_attention implementation: xla, cudnn or auto
+    m.remat = "none"  # rematerialisation of each block in the backward pass: none, full or dots
     m.temporal = ml_collections.ConfigDict()
     m.temporal.enabled = True  # False builds the plain text-to-image U-Net
     m.temporal.downsample_levels = (0, 1, 2)  # spatial downsamplings that also halve time
@@ -50,6 +51,34 @@ def sample_config() -> ml_collections.ConfigDict:
     return s
 
 
+def train_config() -> ml_collections.ConfigDict:
+    """The trainer: what trains, the optimiser, checkpoints, metrics."""
+    t = ml_collections.ConfigDict()
+    t.trainable = "temporal"  # temporal (Lumiere: spatial frozen), all, or spatial (T2I / style fine-tuning)
+    t.init_from = ""  # checkpoint to start from: a T2I/image-mode export (spatial part) or a full export
+    t.num_steps = 1000
+    t.learning_rate = 1e-4
+    t.lr_schedule = "cosine"  # cosine (to 0 at num_steps) or constant, both after linear warmup
+    t.warmup_steps = 100
+    t.weight_decay = 0.01
+    t.b1 = 0.9
+    t.b2 = 0.999
+    t.grad_clip = 1.0  # global-norm clipping; 0 disables
+    t.microbatches = 1  # gradient accumulation: the batch is split into this many sequential pieces
+    t.ema_decay = 0.9999
+    t.text_dropout = 0.1  # probability of the null prompt, for classifier-free guidance
+    t.max_nonfinite_steps = 10  # this many non-finite updates in a row stop the run
+    t.checkpoint_every = 1000
+    t.keep_checkpoints = 3  # the last K checkpoints ...
+    t.keep_every = 0  # ... plus every M-th step forever (0: none)
+    t.log_every = 50
+    t.sample_every = 0  # write a few EMA sample videos every K steps (0: never)
+    t.num_samples = 2
+    t.sample_steps = 32
+    t.peak_tflops = 0.0  # per-chip bf16 peak for MFU; 0: looked up from the device kind
+    return t
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -60,6 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
     # 'kind': 'video'}, {'glob': 'data/images/*.array_record', 'weight': 0.2, 'kind': 'image'}].
     # kind image: one frame of each record, repeated num_frames times, flagged is_image.
     c.data.sources = []
+    c.data.mix_by = "batch"  # batch: every batch from one source (so image batches can run the model in
+    # image mode), in proportion to the weights; example: sources mixed inside every batch
     c.data.batch_size = 8  # global batch (all hosts); a multiple of the mesh's batch shards
     c.data.hires_resolution = 0  # > 0: batches also carry video_hires from the records' copy (SSR)
     c.data.text_embeddings = False  # True: batches carry the records' precomputed text_embeddings/mask
@@ -83,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = model_config()
     c.diffusion = diffusion_config()
     c.sample = sample_config()
+    c.train = train_config()
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.mesh.rules = None  # None: lumiere_jax.parallel.mesh.DEFAULT_RULES

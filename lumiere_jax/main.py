@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-MODES = ("model_report",)
+MODES = ("model_report", "train", "export")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/stunet_tiny.py[:ARG].")
@@ -61,7 +61,24 @@ def run_model_report(config, workdir: pathlib.Path) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
-RUNNERS = {"model_report": run_model_report}
+def run_train(config, workdir: pathlib.Path) -> None:
+    from lumiere_jax.parallel.distributed import maybe_initialize
+    from lumiere_jax.train.trainer import train
+
+    maybe_initialize()
+    summary = train(config, workdir)
+    print(f"trained to step {summary['step']}; checkpoints in {workdir / 'checkpoints'}", file=sys.stderr)
+
+
+def run_export(config, workdir: pathlib.Path) -> None:
+    from lumiere_jax.parallel.distributed import maybe_initialize
+    from lumiere_jax.train.trainer import export
+
+    maybe_initialize()
+    print(f"wrote {export(config, workdir)}", file=sys.stderr)
+
+
+RUNNERS = {"model_report": run_model_report, "train": run_train, "export": run_export}
 
 
 def main(argv: list[str]) -> None:

@@ -20,6 +20,9 @@ CACHE = pathlib.Path(os.environ.get("LUMIERE_JAX_CACHE", REPO / ".jax_cache"))
 jax.config.update("jax_compilation_cache_dir", str(CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# The same settings for subprocesses that tests start (jax reads them from the environment).
+os.environ.update(JAX_COMPILATION_CACHE_DIR=str(CACHE), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 # Grain workers and absl-based code read flags; under pytest nobody calls absl.app.run.
 flags.FLAGS.mark_as_parsed()

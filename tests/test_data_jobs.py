@@ -1,6 +1,7 @@
 """The shard-writing jobs: synthetic shapes, prepare_videos on real footage, resuming, CLIs."""
 import glob
 import importlib.util
+import io
 import json
 import os
 import re
@@ -65,7 +66,8 @@ def test_windows_with_overlap_and_gaps():
         converted.append(x)
         return x * 10
 
-    assert list(clips.windows(range(10), 4, 3, convert)) == [(0, [0, 10, 20, 30]), (3, [30, 40, 50, 60]), (6, [60, 70, 80, 90])]
+    expected = [(0, [0, 10, 20, 30]), (3, [30, 40, 50, 60]), (6, [60, 70, 80, 90])]
+    assert list(clips.windows(range(10), 4, 3, convert)) == expected
     converted.clear()
     assert list(clips.windows(range(10), 2, 5, convert)) == [(0, [0, 10]), (5, [50, 60])]
     assert converted == [0, 1, 5, 6]  # frames between windows are never converted
@@ -141,10 +143,31 @@ def test_synthetic_heldout_split_and_images(tmp_path):
         synthetic.main(synthetic_args(tmp_path / "x", "--heldout", "*:*:*"))
 
 
+@pytest.mark.parametrize("codec", ["png", "jpeg"])
+def test_synthetic_records_read_back_as_rendered(tmp_path, codec):
+    """PNG reads back exactly; JPEG reads back as PIL's JPEG round trip of each rendered frame."""
+    args = ["--output_dir", str(tmp_path), "--num_examples", "4", "--num_shards", "1", "--workers", "1",
+            "--num_frames", "3", "--sizes", "32", "--codec", codec]
+    assert synthetic.main(args) == 0
+    settings = {"seed": 0, "split": "train", "kind": "video", "heldout": [], "num_frames": 3, "sizes": [32],
+                "fps": 16.0}
+    for record in read_all(tmp_path):
+        rendered = synthetic.make_example(int(record.id.rsplit("-", 1)[1]), settings)
+        assert record.caption == rendered.caption and record.meta == rendered.meta
+        np.testing.assert_array_equal(record.annotations["positions"], rendered.annotations["positions"])
+        for got, frame in zip(record.frames, rendered.frames):
+            if codec == "jpeg":
+                buf = io.BytesIO()
+                Image.fromarray(frame).save(buf, format="JPEG", quality=95)
+                frame = np.asarray(Image.open(buf))
+            np.testing.assert_array_equal(got, frame)
+
+
 def test_synthetic_data_is_the_same_for_any_shard_and_worker_count(tmp_path):
     """The CLI with 2 worker processes and 3 shards writes exactly what 1 shard in-process does."""
     common = ["--num_examples", "9", "--num_frames", "4", "--sizes", "16", "--codec", "raw"]
-    result = run_cli("data_pipelines.synthetic", "--output_dir", str(tmp_path / "a"), "--num_shards", "3", "--workers", "2", *common)
+    parallel = ["--output_dir", str(tmp_path / "a"), "--num_shards", "3", "--workers", "2"]
+    result = run_cli("data_pipelines.synthetic", *parallel, *common)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["records"] == 9 and summary["shards"] == {"total": 3, "written": 3, "kept": 0, "failed": {}}
@@ -174,6 +197,13 @@ def test_rerun_keeps_finished_shards_and_refuses_other_settings(tmp_path, capsys
     assert "other inputs or settings" in capsys.readouterr().err
     assert synthetic.main([*args, "--seed", "1", "--overwrite"]) == 0
     assert json.loads(capsys.readouterr().out)["shards"]["written"] == 3
+    fewer = [*args, "--num_shards", "2"]  # shards of 3 would be read together with shards of 2
+    assert synthetic.main(fewer) == 2
+    assert "shards of another run" in capsys.readouterr().err
+    assert synthetic.main([*fewer, "--overwrite"]) == 0
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        f"shapes-0000{k}-of-00002.{ext}" for k in range(2) for ext in ("array_record", "jsonl", "stats.json")
+    ) + ["shapes.summary.json"]
 
 
 # ------------------------------------------------------------------------------ prepare_videos
@@ -247,7 +277,8 @@ def test_prepare_videos_segments_sidecars_and_skip_reasons(tmp_path, capsys):
     for j, r in enumerate(records):
         for k in range(16):  # time 1 + (16 j + k) / 16 shows frame floor(t * 30000 / 1001)
             t = 1 + Fraction(16 * j + k, 16)
-            np.testing.assert_array_equal(r.frames[k], clips.resize_center_crop(source[int(t * Fraction(30000, 1001))], 64))
+            expected = clips.resize_center_crop(source[int(t * Fraction(30000, 1001))], 64)
+            np.testing.assert_array_equal(r.frames[k], expected)
 
     folder = tmp_path / "folder"
     (folder / "sub").mkdir(parents=True)

@@ -102,14 +102,30 @@ def test_malformed_records_are_named_errors():
             schema.parse_record(bad)
 
 
-def test_header_fields_are_checked():
+def _codec(header):
+    header["frames"]["codec"] = "gif"
+
+
+def _lone_embeddings(header):
+    del header["arrays"]["text_mask"]
+
+
+def _bad_hires_key(header):
+    header["hires"]["24"] = header["hires"].pop("48")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [(_codec, "codec"), (_lone_embeddings, "they come together"), (_bad_hires_key, "new frame height")],
+)
+def test_header_fields_are_checked(change, message):
     data = schema.encode_record(full_record(), "raw")
     head_len = struct.unpack_from("<4sHI", data)[2]
     header = json.loads(data[10 : 10 + head_len])
-    header["frames"]["codec"] = "gif"
+    change(header)
     head = json.dumps(header).encode()
     bad = struct.pack("<4sHI", schema.MAGIC, schema.SCHEMA_VERSION, len(head)) + head + data[10 + head_len :]
-    with pytest.raises(schema.RecordError, match="codec"):
+    with pytest.raises(schema.RecordError, match=message):
         schema.parse_record(bad)
 
 

@@ -16,8 +16,8 @@ from flax import nnx, serialization
 
 from lumiere_jax.models.t5 import t5_config
 from lumiere_jax.parallel import logical_axis_rules, make_mesh, state_shardings
-from lumiere_jax.text.checkpoint import CheckpointError, path_name
-from lumiere_jax.text.hf_checkpoint import load_hf_encoder
+from lumiere_jax.text.checkpoint import CheckpointError, load_encoder, path_name
+from lumiere_jax.text.hf_checkpoint import hf_sources, load_hf_encoder, read_safetensors
 from lumiere_jax.text.t5x_checkpoint import load_t5x_encoder
 
 torch = pytest.importorskip("torch")
@@ -290,3 +290,14 @@ def test_index_json_shard_outside_directory_is_refused(tmp_path):
     (tmp_path / "ckpt" / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match="outside the checkpoint directory"):
         load_hf_encoder(str(tmp_path / "ckpt"), t5_config("tiny"))
+
+
+def test_load_encoder_checks_the_parameter_map(hf_checkpoint):
+    """A reader's map must name exactly the encoder's parameters."""
+    variant, path, _ = hf_checkpoint
+    cfg = t5_config("tiny", variant)
+    sources = hf_sources(read_safetensors(path), cfg, path)
+    with pytest.raises(CheckpointError, match=r"lacks 1 parameter\(s\) of the encoder: \['final_norm\.scale'\]"):
+        load_encoder(cfg, {k: v for k, v in sources.items() if k != "final_norm.scale"})
+    with pytest.raises(CheckpointError, match=r"does not have: \['layers\.9\.mlp\.wo'\]"):
+        load_encoder(cfg, dict(sources, **{"layers.9.mlp.wo": sources["layers.0.mlp.wo"]}))

@@ -6,15 +6,19 @@ Per source (a shard glob with a mixing weight and a kind, video or image):
       .shuffle(seed).repeat()                                  # new order every epoch
       .random_map(DecodeClip)                                  # decode, temporal crop, flip
 
-then the sources are mixed by weight, read with threads, bad records dropped (and counted),
-batched to the per-host batch and prefetched by worker processes. `DataPipeline` turns each
-host batch into global arrays sharded over the mesh's batch axes (('data', 'fsdp') by
-default) with `jax.make_array_from_process_local_data`, and scales video to [-1, 1] on device.
+then read with threads, bad records dropped (and counted), batched to the per-host batch and
+mixed by weight (whole batches by default, or examples within batches), and prefetched by
+worker processes. `DataPipeline` turns each host batch into global arrays sharded over the
+mesh's batch axes (('data', 'fsdp') by default) with `jax.make_array_from_process_local_data`,
+and scales video to [-1, 1] on device.
 
 Batch dict: video float32 (B, T, H, W, 3) in [-1, 1]; is_image bool (B,); optional
 video_hires, text_embeddings (B, L, D) bfloat16 and text_mask (B, L) bool (all global arrays);
-caption and id, numpy string arrays of this host's rows (in the order of its rows of the
-global batch); skipped, the number of unusable records this host dropped for this batch.
+host-side: image_batch, True when every row is an image (with data.mix_by='batch', the
+default, a batch comes from one source, so this is the same on every host and can pick the
+model's image mode); caption and id, numpy string arrays of this host's rows (in the order of
+its rows of the global batch); skipped, the number of unusable records this host dropped for
+this batch.
 
 Every random choice is a function of the seed and an element's position, so `get_state()` /
 `set_state()` (or Orbax, via `grain.checkpoint.CheckpointSave(pipeline.iterator)`) resume
@@ -51,6 +55,7 @@ from lumiere_jax.parallel.mesh import logical_axis_rules
 from lumiere_jax.parallel.sharding import batch_sharding
 
 SOURCE_KEYS = ("glob", "weight", "kind")
+MIX_BY = ("batch", "example")
 GLOBAL_KEYS = ("video", "video_hires", "is_image", "text_embeddings", "text_mask")
 _VIDEO_KEYS = ("video", "video_hires")
 _MIX_WINDOW = 4096  # elements whose order is shuffled together after mixing sources
@@ -128,7 +133,7 @@ def _probe(data: TolerantSource, spec: ClipSpec, source: Source, index: int) -> 
     raise ValueError(f"data.sources[{index}] ({source.glob!r}) does not fit the data config: {error}")
 
 
-def clip_spec(data_cfg, kind: str, text_length: Optional[int]) -> ClipSpec:
+def _clip_spec(data_cfg, kind: str, text_length: Optional[int]) -> ClipSpec:
     return ClipSpec(
         num_frames=int(data_cfg.num_frames),
         resolution=int(data_cfg.resolution),
@@ -145,42 +150,55 @@ def per_host_batch_size(batch_size: int, process_count: int) -> int:
     return batch_size // process_count
 
 
-def host_dataset(
-    data_cfg,
-    seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    text_length: Optional[int] = None,
-) -> grain.IterDataset:
-    """The Grain dataset of this host's batches (numpy, uint8 video), from `config.data`.
+def _decoded_source(source: Source, index: int, config, process_index: int, process_count: int) -> grain.MapDataset:
+    """One source's records for this host: its share, shuffled anew each epoch, decoded."""
+    data_cfg = config.data
+    spec = _clip_spec(data_cfg, source.kind, int(config.text.max_length))
+    data = _open_source(source, index, process_count)
+    _probe(data, spec, source, index)
+    shuffle_seed, map_seed = (int(s) for s in np.random.SeedSequence([int(config.seed), index]).generate_state(2))
+    ds = grain.MapDataset.source(data)[process_index::process_count]
+    return ds.shuffle(seed=shuffle_seed).repeat().random_map(DecodeClip(spec), seed=map_seed)
 
-    `text_length` (config.text.max_length) is the token count records' text embeddings must
-    have when `data_cfg.text_embeddings` is on.
+
+def host_dataset(config, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+    """The Grain dataset of this host's batches (numpy, uint8 video), from `config.data`,
+    `config.seed` and, for text embeddings, `config.text.max_length` tokens per caption.
+
+    `data.mix_by='batch'` mixes the sources batch by batch (every batch from one source, so an
+    image batch can run the model in image mode); 'example' mixes them inside every batch.
     """
+    data_cfg = config.data
+    if data_cfg.mix_by not in MIX_BY:
+        raise ValueError(f"data.mix_by must be one of {MIX_BY}, got {data_cfg.mix_by!r}")
     sources = resolve_sources(data_cfg.sources)
-    datasets = []
-    for i, source in enumerate(sources):
-        spec = clip_spec(data_cfg, source.kind, text_length)
-        data = _open_source(source, i, process_count)
-        _probe(data, spec, source, i)
-        shuffle_seed, map_seed = (int(s) for s in np.random.SeedSequence([seed, i]).generate_state(2))
-        ds = grain.MapDataset.source(data)[process_index::process_count]
-        datasets.append(ds.shuffle(seed=shuffle_seed).repeat().random_map(DecodeClip(spec), seed=map_seed))
-    mixed = grain.MapDataset.mix(datasets, [s.weight for s in sources])
-    if len(datasets) > 1:
-        # Mixing interleaves the sources in a fixed periodic pattern; worker i of W takes every
-        # W-th element, which would alias with that period (one worker all video, another half
-        # images). Shuffling positions within windows keeps the proportions and every element.
-        mixed = grain.experimental.WindowShuffleMapDataset(mixed, window_size=_MIX_WINDOW, seed=seed)
-    read = grain.ReadOptions(num_threads=int(data_cfg.read_threads), prefetch_buffer_size=int(data_cfg.read_buffer_size))
-    batched = (
-        DropSkipped(mixed.to_iter_dataset(read), int(data_cfg.max_consecutive_corrupt))
-        .batch(per_host_batch_size(int(data_cfg.batch_size), process_count), drop_remainder=True)
+    datasets = [_decoded_source(s, i, config, process_index, process_count) for i, s in enumerate(sources)]
+    weights = [s.weight for s in sources]
+    read = grain.ReadOptions(
+        num_threads=int(data_cfg.read_threads), prefetch_buffer_size=int(data_cfg.read_buffer_size)
     )
+    per_host = per_host_batch_size(int(data_cfg.batch_size), process_count)
+
+    def batched(ds: grain.MapDataset) -> grain.IterDataset:
+        kept = DropSkipped(ds.to_iter_dataset(read), int(data_cfg.max_consecutive_corrupt))
+        return kept.batch(per_host, drop_remainder=True)
+
+    if data_cfg.mix_by == "batch":
+        mixed = grain.IterDataset.mix([batched(ds) for ds in datasets], weights)
+    else:
+        examples = grain.MapDataset.mix(datasets, weights)
+        if len(datasets) > 1:
+            # Mixing interleaves the sources in a fixed periodic pattern; worker i of W takes
+            # every W-th element, which would alias with that period (one worker all video,
+            # another half images). Shuffling within windows keeps proportions and elements.
+            examples = grain.experimental.WindowShuffleMapDataset(
+                examples, window_size=_MIX_WINDOW, seed=int(config.seed)
+            )
+        mixed = batched(examples)
     workers = grain.MultiprocessingOptions(
         num_workers=int(data_cfg.num_workers), per_worker_buffer_size=int(data_cfg.worker_buffer_size)
     )
-    return batched.mp_prefetch(workers)
+    return mixed.mp_prefetch(workers)
 
 
 @jax.jit
@@ -212,7 +230,7 @@ class DataPipeline:
                 f"data.batch_size={self.batch_size} must be a multiple of {shards}, the number of batch "
                 f"shards of mesh {dict(mesh.shape)} (mesh axes the 'batch' rule maps to)"
             )
-        self._dataset = host_dataset(data_cfg, int(config.seed), process_index, self._process_count, int(config.text.max_length))
+        self._dataset = host_dataset(config, process_index, self._process_count)
         self.iterator = iter(self._dataset)
         self.num_skipped = 0  # unusable records dropped by this host since this object was made
 
@@ -225,6 +243,7 @@ class DataPipeline:
         for key in _VIDEO_KEYS:
             if key in batch:
                 batch[key] = _to_unit_range(batch[key])
+        batch["image_batch"] = bool(local["is_image"].all())  # the same on every host with mix_by='batch'
         batch["caption"] = local["caption"]
         batch["id"] = local["id"]
         batch["skipped"] = int(local["skipped"].sum())

@@ -181,7 +181,9 @@ def encode_record(record: ClipRecord, codec: str = "jpeg", quality: int = DEFAUL
         "fps": float(record.fps),
         "meta": record.meta,
         "frames": _frames_entry(record.frames, codec, quality, blobs),
-        "hires": {str(size): _frames_entry(stack, codec, quality, blobs) for size, stack in sorted(record.hires.items())},
+        "hires": {
+            str(size): _frames_entry(stack, codec, quality, blobs) for size, stack in sorted(record.hires.items())
+        },
         "arrays": {},
     }
     for name, array in sorted(record.annotations.items()):
@@ -279,6 +281,8 @@ class RecordView:
             n = int(np.prod(entry["shape"], dtype=np.int64)) * _dtype_from_name(entry["dtype"]).itemsize
             if not 0 <= entry["blob"] < len(sizes) or sizes[entry["blob"]] != n:
                 raise RecordError(f"{self._where}: array {name!r} does not match its blob ({entry})")
+        if sum(name in self._header["arrays"] for name in _TEXT_ARRAYS) == 1:
+            raise RecordError(f"{self._where}: has only one of {_TEXT_ARRAYS}; they come together")
 
     def frames(self, start: int = 0, stop: Optional[int] = None, size: Optional[int] = None) -> np.ndarray:
         """Decodes frames [start, stop) of the stack of height `size` (default: the base frames)."""
@@ -292,7 +296,8 @@ class RecordView:
             raise IndexError(f"{self._where}: frames [{start}, {stop}) is outside its {t} frames")
         out = np.empty((stop - start, h, w, 3), np.uint8)
         for i in range(start, stop):
-            out[i - start] = _decode_frame(self._blob(entry["blob"] + i), entry["codec"], h, w, f"{self._where} frame {i}")
+            blob = self._blob(entry["blob"] + i)
+            out[i - start] = _decode_frame(blob, entry["codec"], h, w, f"{self._where} frame {i}")
         return out
 
     def array(self, name: str) -> Optional[np.ndarray]:

@@ -55,8 +55,12 @@ class ShardWriter:
         self._captions = open(captions_path(path) + TMP_SUFFIX, "w", encoding="utf-8")
 
     def write(self, record: ClipRecord) -> None:
-        self._writer.write(encode_record(record, self.codec, self.quality))
-        self._captions.write(json.dumps({"id": record.id, "caption": record.caption}, ensure_ascii=False) + "\n")
+        self.write_encoded(encode_record(record, self.codec, self.quality), record.id, record.caption)
+
+    def write_encoded(self, data: bytes, record_id: str, caption: str) -> None:
+        """Appends an already encoded record (encoding errors belong to the record, these to the file)."""
+        self._writer.write(data)
+        self._captions.write(json.dumps({"id": record_id, "caption": caption}, ensure_ascii=False) + "\n")
         self.num_records += 1
 
     def close(self) -> None:

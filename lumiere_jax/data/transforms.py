@@ -123,10 +123,12 @@ def check_record(view: RecordView, spec: ClipSpec) -> None:
         raise RecordError(f"{where} has {view.num_frames} frames, fewer than data.num_frames={spec.num_frames}")
     for size in filter(None, (spec.resolution, spec.hires_resolution)):
         if size not in view.sizes:
-            raise RecordError(f"{where} has frames of heights {view.sizes}, not {size} (data.resolution / hires_resolution)")
+            raise RecordError(
+                f"{where} has frames of heights {view.sizes}, not {size} (data.resolution / hires_resolution)"
+            )
         width = view.frames_shape(size)[2]
         if width != size:
-            raise RecordError(f"{where}: its frames of height {size} are {width} wide; the pipeline needs square frames")
+            raise RecordError(f"{where}: its frames of height {size} are {width} wide; the pipeline needs squares")
 
 
 def text_arrays(view: RecordView, shard: str, spec: ClipSpec, lookup: EmbeddingLookup) -> tuple[np.ndarray, np.ndarray]:
@@ -160,11 +162,11 @@ class DecodeClip(grain.transforms.RandomMap):
             check_record(view, self.spec)
             example = self._example(view, rng)
             if self.spec.text_length is not None:
-                example["text_embeddings"], example["text_mask"] = text_arrays(view, element.shard, self.spec, self.lookup)
+                text = text_arrays(view, element.shard, self.spec, self.lookup)
+                example["text_embeddings"], example["text_mask"] = text
             return example
         except RecordError as e:
-            logging.warning("skipping a record of %s: %s", element.shard, e)
-            return Skipped(str(e))
+            return Skipped(f"{e} (in {element.shard})")
 
     def _example(self, view: RecordView, rng: np.random.Generator) -> dict[str, Any]:
         spec = self.spec
@@ -212,6 +214,7 @@ class _DropSkippedIterator(grain.DatasetIterator):
             element = next(self._parent)
             if not isinstance(element, Skipped):
                 return {**element, "skipped": np.int32(skipped)}
+            logging.warning("skipping a record: %s", element.reason)
             skipped += 1
             if skipped >= self._max_consecutive:
                 raise RuntimeError(

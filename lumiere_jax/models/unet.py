@@ -31,6 +31,12 @@ from lumiere_jax.parallel import axes
 from lumiere_jax.parallel.sharding import create_sharded
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Rematerialisation of every block: trade recompute in the backward pass for activation memory.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +54,7 @@ class UNetConfig:
     text_dim: int = 4096
     dtype: str = "float32"
     attention_impl: str = "xla"
+    remat: str = "none"
     temporal: bool = True
     temporal_downsample_levels: Sequence[int] = (0, 1, 2)
     temporal_conv_kernel: int = 3
@@ -64,7 +71,7 @@ class UNetConfig:
             base_channels=model.base_channels, channel_mult=tuple(model.channel_mult),
             num_res_blocks=model.num_res_blocks, attention_levels=tuple(model.attention_levels),
             head_dim=model.head_dim, norm_groups=model.norm_groups, text_dim=model.text_dim, dtype=model.dtype,
-            attention_impl=model.attention_impl, temporal=t.enabled,
+            attention_impl=model.attention_impl, remat=model.remat, temporal=t.enabled,
             temporal_downsample_levels=tuple(t.downsample_levels), temporal_conv_kernel=t.conv_kernel,
             temporal_attention_depth=t.attention_depth, temporal_attention_head_dim=t.attention_head_dim,
             temporal_max_relative_distance=t.max_relative_distance,
@@ -77,6 +84,8 @@ class UNetConfig:
             problems.append(f"model.channel_mult={tuple(self.channel_mult)} needs at least one positive entry")
         if self.dtype not in DTYPES:
             problems.append(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}")
+        if self.remat not in REMAT_POLICIES:
+            problems.append(f"model.remat={self.remat!r} is not one of {sorted(REMAT_POLICIES)}")
         try:
             check_implementation(self.attention_impl)
         except ValueError as e:
@@ -235,16 +244,22 @@ class UNet(nnx.Module):
         if cfg.temporal and not image_mode:
             cfg.check_frames(x.shape[1])
 
+    def _run(self, module, *args):
+        """Calls a block, rematerialised in the backward pass when `model.remat` asks for it."""
+        if self.cfg.remat == "none":
+            return module(*args)
+        return nnx.remat(lambda m, *a: m(*a), policy=REMAT_POLICIES[self.cfg.remat])(module, *args)
+
     def _temporal(self, module, h, batch):
         """Applies a video module to frames folded into the batch; returns (h, frames)."""
-        video = module(h.reshape(batch, -1, *h.shape[1:]))
+        video = self._run(module, h.reshape(batch, -1, *h.shape[1:]))
         return video.reshape(-1, *video.shape[2:]), video.shape[1]
 
     def _level(self, level: Level, h, emb, text, mask, skips, batch, temporal, pop: bool):
         for i, block in enumerate(level.blocks):
-            h = block(jnp.concatenate([h, skips.pop()], axis=-1) if pop else h, emb)
+            h = self._run(block, jnp.concatenate([h, skips.pop()], axis=-1) if pop else h, emb)
             if level.attns is not None:
-                h = level.attns[i](h, text, mask)
+                h = self._run(level.attns[i], h, text, mask)
             if temporal and level.temporal_convs is not None:
                 h, _ = self._temporal(level.temporal_convs[i], h, batch)
             if not pop:
@@ -297,13 +312,13 @@ class UNet(nnx.Module):
                 skips.append(h)
 
         e, txt, m = conditioning(frames)
-        h = self.mid_block1(h, e)
+        h = self._run(self.mid_block1, h, e)
         if self.mid_attn is not None:
-            h = self.mid_attn(h, txt, m)
+            h = self._run(self.mid_attn, h, txt, m)
         if temporal:
             for layer in self.temporal_attention:
                 h, _ = self._temporal(layer, h, b)
-        h = self.mid_block2(h, e)
+        h = self._run(self.mid_block2, h, e)
 
         for lv in reversed(range(cfg.num_levels)):
             h = self._level(self.up[lv], h, *conditioning(frames), skips, b, temporal, pop=True)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
+from tqdm import tqdm
 
 from lumiere_jax.models.t5 import T5Config, T5Encoder
 from lumiere_jax.parallel import logical_axis_rules, state_shardings
@@ -203,7 +204,8 @@ def load_encoder(
     if mesh is not None:
         shardings = dict(nnx.to_flat_state(state_shardings(abstract_state, mesh, logical_axis_rules(rules))))
     leaves = []
-    for path, variable in flat:
+    # Reading an XXL checkpoint takes minutes: show which parameter the load is at.
+    for path, variable in tqdm(flat, desc="loading T5 encoder", unit="tensor", leave=False):
         name, target = path_name(path), variable.get_value()
         source = sources[name]
         if source.array.shape != target.shape:

@@ -85,7 +85,7 @@ def _resolve_spec(spec: dict, directory: str, name: str) -> dict:
             f"{name!r}: unsupported tensorstore driver {driver!r} (expected one of {TENSORSTORE_DRIVERS})"
         )
     kvstore = spec.get("kvstore", {})
-    if isinstance(kvstore, str) or kvstore.get("driver", "file") not in ("file", "gcs"):
+    if not isinstance(kvstore, dict) or kvstore.get("driver", "file") not in ("file", "gcs"):
         raise CheckpointError(f"{name!r}: unsupported kvstore {kvstore!r}; expected a file or gcs path")
     relative = os.path.join(kvstore.get("path", ""), spec.get("path", ""))
     root = os.path.realpath(directory)

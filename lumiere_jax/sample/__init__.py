@@ -1,0 +1,1 @@
+"""Sampling: text-to-video pipelines, conditional tasks, and video/GIF/image writers."""

@@ -1,0 +1,50 @@
+"""Writing generated clips as files people can open: GIF, H.264 MP4, PNG contact sheets."""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(video: np.ndarray) -> np.ndarray:
+    """[-1, 1] float video (T, H, W, 3) -> uint8."""
+    return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def write_gif(path: pathlib.Path, frames: np.ndarray, fps: float) -> None:
+    """frames: uint8 (T, H, W, 3); loops forever."""
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(round(1000 / fps)), loop=0)
+
+
+def write_mp4(path: pathlib.Path, frames: np.ndarray, fps: float) -> None:
+    """frames: uint8 (T, H, W, 3) -> H.264 MP4 with PyAV (bundled FFmpeg; no system ffmpeg needed)."""
+    import av
+    from fractions import Fraction
+
+    t, h, w, _ = frames.shape
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height = w + w % 2, h + h % 2  # yuv420p needs even sizes
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            if frame.shape[:2] != (stream.height, stream.width):
+                frame = np.pad(frame, ((0, stream.height - h), (0, stream.width - w), (0, 0)), mode="edge")
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def contact_sheet(frames: np.ndarray, columns: int = 8) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> one image with the frames in rows of `columns` (blank padding)."""
+    t, h, w, c = frames.shape
+    rows = -(-t // columns)
+    sheet = np.zeros((rows * h, min(columns, t) * w, c), np.uint8)
+    for i, frame in enumerate(frames):
+        r, col = divmod(i, columns)
+        sheet[r * h:(r + 1) * h, col * w:(col + 1) * w] = frame
+    return sheet
+
+
+def write_png(path: pathlib.Path, image: np.ndarray) -> None:
+    Image.fromarray(image).save(path)

@@ -1,0 +1,128 @@
+"""One training step as a pure function of (train state, batch): the program that gets jitted.
+
+It computes the diffusion loss of the trainable parameters only (frozen ones get no gradient and
+no optimizer state), accumulates gradients over micro-batches, and applies the update only when
+the loss and gradient norm are finite; a skipped update is counted, never silently applied.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from lumiere_jax import diffusion
+from lumiere_jax.text.conditioning import text_conditioning
+from lumiere_jax.train.state import TrainState
+
+NUM_BANDS = 4  # loss is also reported per quarter of (unshifted cosine) noise time
+STEP_KEYS = ("video", "text_embeddings", "text_mask", "text_tokens", "is_image")
+
+
+def noise_band(logsnr: jax.Array) -> jax.Array:
+    """Band index 0 (least noise) .. NUM_BANDS-1 (most), from the unshifted cosine time of logsnr."""
+    t = (2.0 / math.pi) * jnp.arctan(jnp.exp(-0.5 * logsnr))
+    return jnp.clip(jnp.floor(t * NUM_BANDS), 0, NUM_BANDS - 1).astype(jnp.int32)
+
+
+def step_inputs(batch: dict) -> dict:
+    """The array fields of a pipeline batch that the jitted step consumes."""
+    return {k: batch[k] for k in STEP_KEYS if k in batch}
+
+
+def _split_microbatches(batch: dict, n: int) -> dict:
+    size = batch["video"].shape[0]
+    if size % n:
+        raise ValueError(f"batch size {size} is not divisible by train.microbatches={n}")
+    return jax.tree.map(lambda a: a.reshape(n, size // n, *a.shape[1:]), batch)
+
+
+def make_train_step(graphdef: nnx.GraphDef, config, schedule_fn: optax.Schedule) -> Callable:
+    """Returns step(state, batch, encoder_state) -> (state, metrics), pure and jittable.
+
+    `encoder_state` is the frozen text encoder's (graphdef, state) when `config.text.encode_in_step`,
+    else None; it is an argument rather than a closure so its weights are not baked in as constants.
+    """
+    schedule = diffusion.schedule_from_config(config.diffusion)
+    parameterization = diffusion.parameterization_from_config(config.diffusion)
+    train = config.train
+    if not 0.0 <= train.text_dropout <= 1.0:
+        raise ValueError(f"train.text_dropout={train.text_dropout} must be in [0, 1]")
+    if train.microbatches < 1:
+        raise ValueError(f"train.microbatches={train.microbatches} must be >= 1")
+
+    def micro_loss(params, rest, model_graphdef, batch, rng, encoder):
+        model = nnx.merge(model_graphdef, params, rest)
+        text, mask = text_conditioning(batch, config.text, encoder)
+        drop_rng, loss_rng = jax.random.split(rng)
+        cond = {"text": text, "mask": mask}
+        cond = diffusion.drop_conditioning(drop_rng, cond, diffusion.null_text_conditioning(cond), train.text_dropout)
+
+        def model_fn(z, logsnr):
+            out = model(z, logsnr, cond["text"], cond["mask"])
+            if "is_image" in batch:  # joint image-video batches: images run with time bypassed
+                image_out = model(z, logsnr, cond["text"], cond["mask"], image_mode=True)
+                pick = batch["is_image"].astype(bool).reshape((-1,) + (1,) * (out.ndim - 1))
+                out = jnp.where(pick, image_out, out)
+            return out
+
+        losses, logsnr = diffusion.diffusion_loss(model_fn, batch["video"], loss_rng, schedule,
+                                                  parameterization=parameterization)
+        return losses.mean(), (losses, logsnr)
+
+    def gradients(model, wrt, batch, rng, encoder):
+        """Mean loss, per-example losses and logsnr, and gradients of the `wrt` parameters."""
+        model_graphdef, params, rest = nnx.split(model, wrt, ...)
+        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+        if train.microbatches == 1:
+            (loss, (losses, logsnr)), grads = grad_fn(params, rest, model_graphdef, batch, rng, encoder)
+            return loss, losses, logsnr, grads
+        micro = _split_microbatches(batch, train.microbatches)
+        rngs = jax.random.split(rng, train.microbatches)
+
+        def body(acc, xs):
+            mb, r = xs
+            (loss, (losses, logsnr)), grads = grad_fn(params, rest, model_graphdef, mb, r, encoder)
+            return jax.tree.map(jnp.add, acc, grads), (loss, losses, logsnr)
+
+        zero = jax.tree.map(jnp.zeros_like, params)
+        grads, (loss, losses, logsnr) = jax.lax.scan(body, zero, (micro, rngs))
+        scale = 1.0 / train.microbatches
+        return loss.mean(), losses.reshape(-1), logsnr.reshape(-1), jax.tree.map(lambda g: g * scale, grads)
+
+    def step(state: nnx.State, batch: dict, encoder_state: Optional[tuple] = None):
+        ts: TrainState = nnx.merge(graphdef, state)
+        encoder = nnx.merge(*encoder_state) if encoder_state is not None else None
+        rng = jax.random.fold_in(jax.random.key(config.seed), ts.step[...])
+        loss, losses, logsnr, grads = gradients(ts.model, ts.wrt, batch, rng, encoder)
+        grad_norm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        def apply(s, g):
+            t: TrainState = nnx.merge(graphdef, s)
+            t.optimizer.update(t.model, g)
+            t.update_ema(train.ema_decay)
+            return nnx.state(t)
+
+        state = jax.lax.cond(ok, apply, lambda s, g: s, nnx.state(ts), grads)
+        ts = nnx.merge(graphdef, state)
+        ts.step[...] += 1
+        ts.nonfinite_streak[...] = jnp.where(ok, 0, ts.nonfinite_streak[...] + 1)
+        ts.nonfinite_total[...] += jnp.where(ok, 0, 1)
+        bands = jax.nn.one_hot(noise_band(logsnr), NUM_BANDS)
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "learning_rate": schedule_fn(ts.optimizer.step[...]),
+            "update_applied": ok,
+            "nonfinite_streak": ts.nonfinite_streak[...],
+            "nonfinite_total": ts.nonfinite_total[...],
+            "band_loss_sum": (bands * losses[:, None]).sum(0),
+            "band_count": bands.sum(0),
+        }
+        return nnx.state(ts), metrics
+
+    return step

@@ -1,0 +1,214 @@
+"""`--mode=train`: the training loop around the jitted step, with checkpoints and metrics.
+
+One code path for 1 CPU, 8 fake devices, a GPU or a TPU pod: the mesh and rules come from the
+config, the state is built directly in its shardings, the step is compiled ahead of time (its
+memory analysis is logged before the first step) and donated, checkpoints are asynchronous,
+and SIGTERM (preemption) saves the current step before exiting.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import time
+from typing import Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from flax import nnx
+from tqdm import tqdm
+
+from lumiere_jax.models.unet import UNet, UNetConfig
+from lumiere_jax.models.weights import load_weights, save_weights
+from lumiere_jax.parallel import batch_sharding, create_sharded, logical_axis_rules, make_mesh, state_shardings
+from lumiere_jax.train.checkpointing import Checkpointer
+from lumiere_jax.train.metrics import MetricWriter, peak_tflops, summarize
+from lumiere_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from lumiere_jax.train.state import TrainState, trainable_filter
+from lumiere_jax.train.step import make_train_step, step_inputs
+
+
+class NonFiniteError(RuntimeError):
+    """Too many non-finite updates in a row."""
+
+
+class Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps (then it checkpoints and exits)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def build_train_state(config, mesh, rules) -> TrainState:
+    """The train state, created directly in its mesh shardings (nothing lands on one device)."""
+    model_cfg = UNetConfig.from_config(config.model)
+    trainable_filter(config.train.trainable)  # fail on a bad value before compiling anything
+    tx = make_optimizer(config.train)
+    return create_sharded(lambda: TrainState(UNet(model_cfg, rngs=nnx.Rngs(config.seed)), tx,
+                                             config.train.trainable), mesh, rules)
+
+
+def initialize_from(ts: TrainState, path: str) -> str:
+    """Loads `train.init_from` weights into the model and restarts the EMA from them."""
+    kind = load_weights(pathlib.Path(path), ts.model)
+    # Copies, not the parameter arrays themselves: the step donates the state, and a buffer that
+    # appears twice in a donated tree would be freed twice.
+    params = nnx.to_pure_dict(nnx.state(ts.model, ts.wrt))
+    nnx.replace_by_pure_dict(ts.ema, jax.tree.map(jnp.copy, params))
+    return kind
+
+
+def _abstract(tree, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def compile_step(step_fn, state, shardings, batch, mesh, rules):
+    """jit with explicit shardings and a donated state, lowered and compiled ahead of time."""
+    batch_shardings = {k: batch_sharding(mesh, rules, v.ndim) for k, v in batch.items()}
+    jitted = jax.jit(step_fn, in_shardings=(shardings, batch_shardings), out_shardings=(shardings, None),
+                     donate_argnums=0)
+    start = time.perf_counter()
+    with jax.set_mesh(mesh):
+        compiled = jitted.lower(_abstract(state, shardings), _abstract(batch, batch_shardings)).compile()
+    seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis() or {}
+    info = {"compile_seconds": round(seconds, 2), "flops_per_device": float(cost.get("flops", 0.0))}
+    if memory is not None:
+        for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                      "generated_code_size_in_bytes"):
+            info[field.replace("_size_in_bytes", "_gib")] = round(getattr(memory, field, 0) / 2**30, 4)
+    logging.info("train step compiled: %s", json.dumps(info))
+    return compiled, info
+
+
+def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
+    """Trains until `config.train.num_steps` (resuming from `workdir` if it holds checkpoints).
+
+    `batches` defaults to the Grain pipeline of `config.data`; any iterator of global batch dicts
+    with get_state()/set_state() can be given instead. Returns a summary of the run.
+    """
+    workdir = pathlib.Path(workdir)
+    train_cfg = config.train
+    mesh = make_mesh(dict(config.mesh.shape))
+    rules = logical_axis_rules(config.mesh.rules)
+    ts = build_train_state(config, mesh, rules)
+    graphdef, state = nnx.split(ts)
+    shardings = state_shardings(state, mesh, rules)
+    config_dict = json.loads(config.to_json())
+    checkpointer = Checkpointer(workdir / "checkpoints", train_cfg, config_dict)
+    if batches is None:
+        from lumiere_jax.data.pipeline import make_pipeline
+
+        batches = make_pipeline(config, mesh)
+
+    start = checkpointer.latest_step()
+    if start is not None:
+        state = checkpointer.restore(start, state, batches)
+        logging.info("resumed from step %d", start)
+    else:
+        start = 0
+        if train_cfg.init_from:
+            logging.info("initialised %s weights from %s", initialize_from(ts, train_cfg.init_from), train_cfg.init_from)
+            state = nnx.state(ts)
+    del ts
+
+    encoder_state = None
+    if config.text.encode_in_step:
+        from lumiere_jax.text.encoder import load_text_encoder
+
+        encoder_state = nnx.split(load_text_encoder(config.text, mesh, rules))
+    step_fn = make_train_step(graphdef, config, learning_rate_schedule(train_cfg))
+    if encoder_state is not None:
+        step_fn = (lambda f, enc: lambda s, b: f(s, b, enc))(step_fn, encoder_state)
+
+    writer = MetricWriter(workdir / "tensorboard")
+    preemption = Preemption()
+    peak = peak_tflops(jax.devices()[0].device_kind, train_cfg.peak_tflops)
+    compiled, info, history, last, logged = None, {}, [], {}, []
+    step = start
+    bar = tqdm(total=train_cfg.num_steps, initial=start, desc="train", disable=jax.process_index() != 0,
+               dynamic_ncols=True)
+    interval_start = time.perf_counter()
+    try:
+        while step < train_cfg.num_steps:
+            if preemption.requested:
+                logging.warning("SIGTERM: checkpointing step %d and exiting", step)
+                break
+            batch = next(batches)
+            inputs = step_inputs(batch)
+            if compiled is None:
+                compiled, info = compile_step(step_fn, state, shardings, inputs, mesh, rules)
+                interval_start = time.perf_counter()
+            state, metrics = compiled(state, inputs)
+            step += 1
+            history.append(metrics)
+            if step % train_cfg.log_every == 0 or step == train_cfg.num_steps:
+                history = jax.device_get(history)
+                last = _log(step, history, batch, batches, info, peak, interval_start, writer, bar)
+                logged.append(last)
+                history, interval_start = [], time.perf_counter()
+                if last["train/nonfinite_streak"] > train_cfg.max_nonfinite_steps:
+                    raise NonFiniteError(
+                        f"{int(last['train/nonfinite_streak'])} non-finite updates in a row up to step {step} "
+                        f"(> train.max_nonfinite_steps={train_cfg.max_nonfinite_steps}); the last good "
+                        f"checkpoint is kept in {workdir / 'checkpoints'}. Lower train.learning_rate or check the data.")
+            if step % train_cfg.checkpoint_every == 0:
+                checkpointer.save(step, state, batches)
+            bar.update(1)
+        if checkpointer.latest_step() != step:
+            checkpointer.save(step, state, batches)
+    finally:
+        checkpointer.close()
+        writer.close()
+        bar.close()
+        preemption.restore()
+    summary = {"step": step, "start_step": start, "preempted": preemption.requested, "compile": info,
+               "losses": [m["train/loss"] for m in logged], "last_metrics": last}
+    if jax.process_index() == 0:
+        (workdir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _log(step, history, batch, batches, info, peak, interval_start, writer, bar) -> dict:
+    seconds = (time.perf_counter() - interval_start) / len(history)
+    values = summarize(history)
+    values["train/nonfinite_streak"] = float(history[-1]["nonfinite_streak"])
+    values["train/step_seconds"] = seconds
+    values["train/clips_per_second"] = batch["video"].shape[0] / seconds
+    values["data/skipped_records"] = float(getattr(batches, "num_skipped", 0))
+    if info.get("flops_per_device"):
+        tflops = info["flops_per_device"] / seconds / 1e12
+        values["perf/tflops_per_device"] = tflops
+        if peak:
+            values["perf/mfu"] = tflops / peak
+    writer.scalars(step, values)
+    bar.set_postfix(loss=f"{values['train/loss']:.4f}", s_per_step=f"{seconds:.2f}")
+    return values
+
+
+def export(config, workdir) -> pathlib.Path:
+    """`--mode=export`: writes the latest checkpoint's EMA parameters for sampling to workdir/export."""
+    workdir = pathlib.Path(workdir)
+    mesh = make_mesh(dict(config.mesh.shape))
+    rules = logical_axis_rules(config.mesh.rules)
+    ts = build_train_state(config, mesh, rules)
+    checkpointer = Checkpointer(workdir / "checkpoints", config.train, json.loads(config.to_json()))
+    step = checkpointer.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'} to export; train first")
+    nnx.update(ts, checkpointer.restore(step, nnx.state(ts), None))
+    checkpointer.close()
+    out = workdir / "export"
+    save_weights(out, nnx.state(ts.ema_model(), nnx.Param), json.loads(config.to_json()))
+    logging.info("exported EMA weights of step %d to %s", step, out)
+    return out
