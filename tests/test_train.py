@@ -70,6 +70,8 @@ def reference(tmp_path_factory):
     """An uninterrupted 6-step run, checkpointed at 3 and 6."""
     config = train_config(steps=6)
     config.train.checkpoint_every = 3
+    config.train.sample_every = 6  # previews from the EMA model at the end
+    config.train.sample_steps = 4
     workdir = tmp_path_factory.mktemp("reference")
     summary, batches = run(config, workdir)
     return config, workdir, summary
@@ -82,6 +84,12 @@ def test_loss_falls_and_metrics_are_logged(reference):
     assert summary["compile"]["flops_per_device"] > 0 and "temp_gib" in summary["compile"]
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((workdir / "train_summary.json").read_text())["step"] == 6
+    previews = workdir / "samples" / "step_00000006"
+    from PIL import Image
+
+    with Image.open(previews / "sample_0.gif") as gif:
+        assert gif.n_frames == config.data.num_frames and gif.size == (16, 16)
+    assert Image.open(previews / "samples.png").size == (16 * 8, 16 * 2)
 
 
 def test_exact_resume_after_sigkill(reference, tmp_path):

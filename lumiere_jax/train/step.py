@@ -28,9 +28,17 @@ def noise_band(logsnr: jax.Array) -> jax.Array:
     return jnp.clip(jnp.floor(t * NUM_BANDS), 0, NUM_BANDS - 1).astype(jnp.int32)
 
 
-def step_inputs(batch: dict) -> dict:
-    """The array fields of a pipeline batch that the jitted step consumes."""
-    return {k: batch[k] for k in STEP_KEYS if k in batch}
+def step_inputs(batch: dict, config) -> dict:
+    """The array fields of a pipeline batch that the jitted step consumes.
+
+    `is_image` is kept only when sources are mixed within a batch (`data.mix_by='example'`), where
+    the step must pick per row; whole-source batches are told apart on the host (`image_batch`)
+    and run a step compiled for image mode, so video batches pay nothing for joint training.
+    """
+    keys = [k for k in STEP_KEYS if k in batch]
+    if config.data.get("mix_by", "batch") != "example":
+        keys = [k for k in keys if k != "is_image"]
+    return {k: batch[k] for k in keys}
 
 
 def _split_microbatches(batch: dict, n: int) -> dict:
@@ -40,9 +48,10 @@ def _split_microbatches(batch: dict, n: int) -> dict:
     return jax.tree.map(lambda a: a.reshape(n, size // n, *a.shape[1:]), batch)
 
 
-def make_train_step(graphdef: nnx.GraphDef, config, schedule_fn: optax.Schedule) -> Callable:
+def make_train_step(graphdef: nnx.GraphDef, config, schedule_fn: optax.Schedule, image_mode: bool = False) -> Callable:
     """Returns step(state, batch, encoder_state) -> (state, metrics), pure and jittable.
 
+    `image_mode` compiles the step for batches of images (every temporal module bypassed).
     `encoder_state` is the frozen text encoder's (graphdef, state) when `config.text.encode_in_step`,
     else None; it is an argument rather than a closure so its weights are not baked in as constants.
     """
@@ -62,7 +71,7 @@ def make_train_step(graphdef: nnx.GraphDef, config, schedule_fn: optax.Schedule)
         cond = diffusion.drop_conditioning(drop_rng, cond, diffusion.null_text_conditioning(cond), train.text_dropout)
 
         def model_fn(z, logsnr):
-            out = model(z, logsnr, cond["text"], cond["mask"])
+            out = model(z, logsnr, cond["text"], cond["mask"], image_mode=image_mode)
             if "is_image" in batch:  # joint image-video batches: images run with time bypassed
                 image_out = model(z, logsnr, cond["text"], cond["mask"], image_mode=True)
                 pick = batch["is_image"].astype(bool).reshape((-1,) + (1,) * (out.ndim - 1))

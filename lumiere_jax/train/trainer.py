@@ -15,6 +15,7 @@ from typing import Iterator, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 from flax import nnx
 from tqdm import tqdm
@@ -27,6 +28,16 @@ from lumiere_jax.train.metrics import MetricWriter, peak_tflops, summarize
 from lumiere_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from lumiere_jax.train.state import TrainState, trainable_filter
 from lumiere_jax.train.step import make_train_step, step_inputs
+
+
+PREVIEW_FPS = 16.0
+
+
+def _text_of(batch, config, encoder_state):
+    from lumiere_jax.text.conditioning import text_conditioning
+
+    encoder = nnx.merge(*encoder_state) if encoder_state is not None else None
+    return text_conditioning(batch, config.text, encoder)
 
 
 class NonFiniteError(RuntimeError):
@@ -91,6 +102,31 @@ def compile_step(step_fn, state, shardings, batch, mesh, rules):
     return compiled, info
 
 
+def make_preview_fn(graphdef, config, batch):
+    """jit(state, text, mask, rng) -> EMA-model sample videos shaped like the first rows of `batch`."""
+    from lumiere_jax.sample.generate import generate
+
+    n = min(config.train.num_samples, batch["video"].shape[0])
+    shape = (n,) + tuple(batch["video"].shape[1:])
+
+    def preview(state, text, mask, rng):
+        model = nnx.merge(graphdef, state).ema_model()
+        return generate(model, text[:n], mask[:n], rng, shape, config, num_steps=config.train.sample_steps)
+
+    return jax.jit(preview)
+
+
+def write_previews(directory: pathlib.Path, videos: np.ndarray, fps: float) -> None:
+    """One GIF per sample plus a PNG contact sheet (frames in rows, one row per sample)."""
+    from lumiere_jax.sample.video_io import contact_sheet, to_uint8, write_gif, write_png
+
+    directory.mkdir(parents=True, exist_ok=True)
+    frames = [to_uint8(v) for v in videos]
+    for i, clip in enumerate(frames):
+        write_gif(directory / f"sample_{i}.gif", clip, fps)
+    write_png(directory / "samples.png", np.concatenate([contact_sheet(c, columns=len(c)) for c in frames], axis=0))
+
+
 def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
     """Trains until `config.train.num_steps` (resuming from `workdir` if it holds checkpoints).
 
@@ -127,14 +163,14 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
         from lumiere_jax.text.encoder import load_text_encoder
 
         encoder_state = nnx.split(load_text_encoder(config.text, mesh, rules))
-    step_fn = make_train_step(graphdef, config, learning_rate_schedule(train_cfg))
-    if encoder_state is not None:
-        step_fn = (lambda f, enc: lambda s, b: f(s, b, enc))(step_fn, encoder_state)
+    def step_fn(image_mode: bool):
+        fn = make_train_step(graphdef, config, learning_rate_schedule(train_cfg), image_mode)
+        return fn if encoder_state is None else (lambda s, b: fn(s, b, encoder_state))
 
     writer = MetricWriter(workdir / "tensorboard")
     preemption = Preemption()
     peak = peak_tflops(jax.devices()[0].device_kind, train_cfg.peak_tflops)
-    compiled, info, history, last, logged = None, {}, [], {}, []
+    compiled, preview, info, history, last, logged = {}, None, {}, [], {}, []
     step = start
     bar = tqdm(total=train_cfg.num_steps, initial=start, desc="train", disable=jax.process_index() != 0,
                dynamic_ncols=True)
@@ -145,11 +181,12 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
                 logging.warning("SIGTERM: checkpointing step %d and exiting", step)
                 break
             batch = next(batches)
-            inputs = step_inputs(batch)
-            if compiled is None:
-                compiled, info = compile_step(step_fn, state, shardings, inputs, mesh, rules)
+            inputs = step_inputs(batch, config)
+            image_batch = bool(batch.get("image_batch", False))
+            if image_batch not in compiled:
+                compiled[image_batch], info = compile_step(step_fn(image_batch), state, shardings, inputs, mesh, rules)
                 interval_start = time.perf_counter()
-            state, metrics = compiled(state, inputs)
+            state, metrics = compiled[image_batch](state, inputs)
             step += 1
             history.append(metrics)
             if step % train_cfg.log_every == 0 or step == train_cfg.num_steps:
@@ -162,6 +199,12 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
                         f"{int(last['train/nonfinite_streak'])} non-finite updates in a row up to step {step} "
                         f"(> train.max_nonfinite_steps={train_cfg.max_nonfinite_steps}); the last good "
                         f"checkpoint is kept in {workdir / 'checkpoints'}. Lower train.learning_rate or check the data.")
+            if train_cfg.sample_every and step % train_cfg.sample_every == 0:
+                preview = preview or make_preview_fn(graphdef, config, batch)
+                text, mask = _text_of(batch, config, encoder_state)
+                videos = jax.device_get(preview(state, text, mask, jax.random.key(step)))
+                if jax.process_index() == 0:
+                    write_previews(workdir / "samples" / f"step_{step:08d}", videos, PREVIEW_FPS)
             if step % train_cfg.checkpoint_every == 0:
                 checkpointer.save(step, state, batches)
             bar.update(1)
