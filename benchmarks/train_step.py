@@ -16,7 +16,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from lumiere_jax.parallel import batch_sharding, logical_axis_rules, make_mesh, state_shardings
+from lumiere_jax.parallel import batch_sharding, logical_axis_rules, mesh_from_config, state_shardings
 from lumiere_jax.train.metrics import peak_tflops
 from lumiere_jax.train.optimizer import learning_rate_schedule
 from lumiere_jax.train.step import make_train_step
@@ -42,7 +42,7 @@ def random_batch(config, mesh, rules):
 def main(argv):
     del argv
     config = FLAGS.config
-    mesh = make_mesh(dict(config.mesh.shape))
+    mesh = mesh_from_config(config.mesh)
     rules = logical_axis_rules(config.mesh.rules)
     ts = build_train_state(config, mesh, rules)
     graphdef, state = nnx.split(ts)

@@ -116,6 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample = sample_config()
     c.train = train_config()
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # within a slice; one -1
+    c.mesh.dcn = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})  # across slices (multi-slice)
     c.mesh.rules = None  # None: lumiere_jax.parallel.mesh.DEFAULT_RULES
     return c

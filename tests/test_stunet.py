@@ -232,3 +232,20 @@ def test_bad_model_config_names_the_key(config):
     cfg.norm_groups = 5
     with pytest.raises(ValueError, match="model.norm_groups=5"):
         UNetConfig.from_config(cfg)
+
+
+def test_rematerialisation_keeps_the_gradients(config, stunet, inputs):
+    video, logsnr, text, mask = inputs
+    cfg = config.model.copy_and_resolve_references()
+    cfg.remat = "full"
+    remat = build_unet(cfg, seed=2)
+    nnx.update(remat, nnx.state(stunet, nnx.Param))
+
+    def grads(model):
+        loss = lambda m: jnp.mean(m(video, logsnr, text, mask) ** 2)  # noqa: E731
+        return nnx.jit(lambda m: nnx.grad(loss)(m))(model)
+
+    a, b = jax.tree.leaves(grads(stunet)), jax.tree.leaves(grads(remat))
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-5)

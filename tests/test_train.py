@@ -187,3 +187,13 @@ def test_nonfinite_updates_are_skipped_then_stop_the_run(tmp_path):
     config.train.max_nonfinite_steps = 1
     with pytest.raises(NonFiniteError, match="2 non-finite updates in a row up to step 2"):
         run(config, tmp_path / "many", nan_steps={0, 1, 2})
+
+
+def test_gradient_accumulation_over_microbatches(tmp_path):
+    config = train_config(steps=2)
+    config.train.microbatches = 2
+    summary, _ = run(config, tmp_path)
+    assert summary["step"] == 2 and np.isfinite(summary["losses"]).all()
+    config.train.microbatches = 3
+    with pytest.raises(ValueError, match="batch size 8 is not divisible by train.microbatches=3"):
+        run(config, tmp_path / "bad")

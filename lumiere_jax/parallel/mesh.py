@@ -75,3 +75,27 @@ def make_mesh(shape: Mapping[str, int], devices: Optional[Sequence[jax.Device]] 
     if devices == list(jax.devices()):
         return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def mesh_from_config(mesh_config, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """The mesh of `config.mesh`: `shape` within a slice, times `dcn` across slices (multi-slice pods).
+
+    With `dcn` sizes whose product is S > 1, `shape` describes one slice (its -1 filled from the
+    devices per slice) and each mesh axis spans `shape[a] * dcn[a]` devices, the slow data-center
+    network carrying only the axes `dcn` names (typically 'data').
+    """
+    dcn = {a: int(v) for a, v in dict(mesh_config.get("dcn", None) or {}).items()}
+    slices = math.prod(dcn.values()) if dcn else 1
+    if slices <= 1:
+        return make_mesh(dict(mesh_config.shape), devices)
+    devices = list(jax.devices() if devices is None else devices)
+    found = {getattr(d, "slice_index", None) for d in devices}
+    if None in found or len(found) != slices:
+        raise ValueError(f"mesh.dcn={dcn} asks for {slices} slices but the devices form "
+                         f"{'no multi-slice topology' if None in found else f'{len(found)} slices'}")
+    from jax.experimental import mesh_utils
+
+    ici = mesh_shape(dict(mesh_config.shape), len(devices) // slices)
+    dcn_sizes = mesh_shape(dcn, slices)
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn_sizes, devices)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from lumiere_jax.models.unet import UNet, UNetConfig
 from lumiere_jax.models.weights import load_weights, save_weights
-from lumiere_jax.parallel import batch_sharding, create_sharded, logical_axis_rules, make_mesh, state_shardings
+from lumiere_jax.parallel import batch_sharding, create_sharded, logical_axis_rules, mesh_from_config, state_shardings
 from lumiere_jax.train.checkpointing import Checkpointer
 from lumiere_jax.train.metrics import MetricWriter, peak_tflops, summarize
 from lumiere_jax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -135,7 +135,7 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
     """
     workdir = pathlib.Path(workdir)
     train_cfg = config.train
-    mesh = make_mesh(dict(config.mesh.shape))
+    mesh = mesh_from_config(config.mesh)
     rules = logical_axis_rules(config.mesh.rules)
     ts = build_train_state(config, mesh, rules)
     graphdef, state = nnx.split(ts)
@@ -242,7 +242,7 @@ def _log(step, history, batch, batches, info, peak, interval_start, writer, bar)
 def export(config, workdir) -> pathlib.Path:
     """`--mode=export`: writes the latest checkpoint's EMA parameters for sampling to workdir/export."""
     workdir = pathlib.Path(workdir)
-    mesh = make_mesh(dict(config.mesh.shape))
+    mesh = mesh_from_config(config.mesh)
     rules = logical_axis_rules(config.mesh.rules)
     ts = build_train_state(config, mesh, rules)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train, json.loads(config.to_json()))
