@@ -10,7 +10,8 @@ def model_config() -> ml_collections.ConfigDict:
     """The U-Net (T2I) and its space-time inflation (STUNet)."""
     m = ml_collections.ConfigDict()
     m.in_channels = 3  # video channels; also the number of output channels
-    m.conditioning_channels = 0  # 4 for the conditional model: masked video (3) + mask (1)
+    m.conditioning_channels = 0  # 4 for the conditional model: masked video (3) + mask (1); 3 for SSR
+    m.aug_conditioning = False  # SSR: condition on the noise level of the low-res input's augmentation
     m.base_channels = 128
     m.channel_mult = (1, 2, 3, 4)  # one entry per resolution level; level i runs at H / 2**i
     m.num_res_blocks = 2
@@ -48,6 +49,29 @@ def sample_config() -> ml_collections.ConfigDict:
     s.ddim_eta = 0.0
     s.guidance_scale = 8.0  # 0: unconditional, 1: conditional, >1: classifier-free guidance
     s.threshold_percentile = 99.5  # dynamic thresholding percentile of |x0|; 0 disables
+    # --mode=sample
+    s.prompts = []  # prompts to sample, or:
+    s.prompts_file = ""  # a text file with one prompt per line
+    s.prompt_embeddings = ""  # optional .npz (embeddings (N, L, D), mask (N, L)) instead of running config.text's T5
+    s.seed = 0  # prompt i samples with fold_in(seed, i): results do not depend on batching
+    s.batch_size = 8  # prompts per step of the sampler (padded to the mesh's batch shards)
+    s.num_frames = 0  # 0: the base model's training length; more: MultiDiffusion windows over a longer clip
+    s.window_overlap = 2  # frames shared by consecutive base-model windows when num_frames is longer
+    s.base_checkpoint = ""  # an export directory of the base STUNet (--mode=export)
+    s.ssr_checkpoint = ""  # optional export directory of an SSR model
+    s.fps = 16.0
+    return s
+
+
+def ssr_config() -> ml_collections.ConfigDict:
+    """Spatial super-resolution: the model is conditioned on the upsampled low-resolution clip."""
+    s = ml_collections.ConfigDict()
+    s.enabled = False  # True: this config trains/samples an SSR model (data.hires_resolution is its output)
+    s.window = 16  # frames per temporal window (the SSR's training length)
+    s.overlap = 2  # frames shared by consecutive windows (MultiDiffusion, Lumiere section 3.2)
+    s.aug_logsnr_min = 0.0  # training: the low-res input is noised at a logsnr drawn uniformly in [min, max]
+    s.aug_logsnr_max = 10.0
+    s.sample_aug_logsnr = 6.0  # sampling: the fixed augmentation level
     return s
 
 
@@ -115,6 +139,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion = diffusion_config()
     c.sample = sample_config()
     c.train = train_config()
+    c.ssr = ssr_config()
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # within a slice; one -1
     c.mesh.dcn = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})  # across slices (multi-slice)

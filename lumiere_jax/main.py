@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-MODES = ("model_report", "train", "export")
+MODES = ("model_report", "train", "export", "sample")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/stunet_tiny.py[:ARG].")
@@ -78,7 +78,16 @@ def run_export(config, workdir: pathlib.Path) -> None:
     print(f"wrote {export(config, workdir)}", file=sys.stderr)
 
 
-RUNNERS = {"model_report": run_model_report, "train": run_train, "export": run_export}
+def run_sample(config, workdir: pathlib.Path) -> None:
+    from lumiere_jax.parallel.distributed import maybe_initialize
+    from lumiere_jax.sample.job import sample
+
+    maybe_initialize()
+    report = sample(config, workdir)
+    print(f"wrote {len(report['samples'])} videos and {workdir / 'samples.json'}", file=sys.stderr)
+
+
+RUNNERS = {"model_report": run_model_report, "train": run_train, "export": run_export, "sample": run_sample}
 
 
 def main(argv: list[str]) -> None:
@@ -92,6 +101,8 @@ def main(argv: list[str]) -> None:
         RUNNERS[FLAGS.mode](config, pathlib.Path(FLAGS.workdir))
     except ValueError as e:
         _fail(f"invalid config: {e}")
+    except FileNotFoundError as e:
+        _fail(f"missing file: {e}")
 
 
 def run() -> None:

@@ -63,7 +63,9 @@ def forward_flops(model: UNet, batch: int, frames: int, resolution: int, text_le
 def model_report(config) -> dict:
     """The JSON report of `config.model` at the shape `config.data` gives."""
     cfg = UNetConfig.from_config(config.model)
-    frames, resolution = config.data.num_frames, config.data.resolution
+    frames = config.data.num_frames
+    # An SSR model runs at its output size (its input is the upsampled low-resolution clip).
+    resolution = config.data.hires_resolution if config.ssr.enabled else config.data.resolution
     if cfg.temporal:
         cfg.check_frames(frames)
     factor = 2 ** (cfg.num_levels - 1)

@@ -45,6 +45,7 @@ class UNetConfig:
 
     in_channels: int = 3
     conditioning_channels: int = 0
+    aug_conditioning: bool = False
     base_channels: int = 128
     channel_mult: Sequence[int] = (1, 2, 3, 4)
     num_res_blocks: int = 2
@@ -175,6 +176,8 @@ class UNet(nnx.Module):
         temporal_level = lambda lv: cfg.temporal and lv < levels - 1  # noqa: E731
 
         self.noise_embedding = NoiseEmbedding(cfg.base_channels, emb_dim, rngs, dt)
+        # SSR: the noise level of the conditioning augmentation applied to the low-resolution input.
+        self.aug_embedding = NoiseEmbedding(cfg.base_channels, emb_dim, rngs, dt) if cfg.aug_conditioning else None
         self.text_norm = LayerNorm(cfg.text_dim, rngs, dt)
         self.text_proj = dense(cfg.text_dim, text_ch, rngs, dtype=dt)
         self.text_pool = dense(text_ch, emb_dim, rngs, dtype=dt, in_axis=axes.MLP, out_axis=axes.EMBED)
@@ -227,7 +230,7 @@ class UNet(nnx.Module):
             ])
 
     # -- helpers -------------------------------------------------------------------------------
-    def _check_inputs(self, x, logsnr, text, text_mask, image_mode):
+    def _check_inputs(self, x, logsnr, text, text_mask, image_mode, aug_logsnr):
         cfg = self.cfg
         want = cfg.in_channels + cfg.conditioning_channels
         if x.ndim != 5 or x.shape[-1] != want:
@@ -243,6 +246,10 @@ class UNet(nnx.Module):
             raise ValueError(f"text_mask shape {text_mask.shape} must equal text shape[:2] {text.shape[:2]}")
         if cfg.temporal and not image_mode:
             cfg.check_frames(x.shape[1])
+        if (aug_logsnr is None) == cfg.aug_conditioning:
+            raise ValueError("aug_logsnr (B,) is required exactly when model.aug_conditioning is set")
+        if aug_logsnr is not None and aug_logsnr.shape != (x.shape[0],):
+            raise ValueError(f"aug_logsnr must have shape ({x.shape[0]},), got {aug_logsnr.shape}")
 
     def _run(self, module, *args):
         """Calls a block, rematerialised in the backward pass when `model.remat` asks for it."""
@@ -267,12 +274,13 @@ class UNet(nnx.Module):
         return h
 
     # -- forward -------------------------------------------------------------------------------
-    def __call__(self, x, logsnr, text=None, text_mask=None, *, image_mode: bool = False):
+    def __call__(self, x, logsnr, text=None, text_mask=None, *, image_mode: bool = False, aug_logsnr=None):
         """Predicts the diffusion target for noisy video `x` (B, T, H, W, C) at noise level `logsnr` (B,).
 
         `text` (B, L, text_dim) and `text_mask` (B, L) are the frozen text-encoder token embeddings;
         None means the null prompt. With `model.conditioning_channels` set, the last channels of `x`
-        are the conditioning video and mask. Returns (B, T, H, W, in_channels).
+        are the conditioning video (and mask); with `model.aug_conditioning`, `aug_logsnr` (B,) is the
+        noise level of the augmentation applied to that conditioning (SSR). Returns (B, T, H, W, in_channels).
         """
         cfg = self.cfg
         dt = DTYPES[cfg.dtype]
@@ -280,13 +288,15 @@ class UNet(nnx.Module):
         if text is None:
             text = jnp.zeros((b, 1, cfg.text_dim), dt)
             text_mask = jnp.zeros((b, 1), bool)
-        self._check_inputs(x, logsnr, text, text_mask, image_mode)
+        self._check_inputs(x, logsnr, text, text_mask, image_mode, aug_logsnr)
         temporal = cfg.temporal and not image_mode
 
         text_tokens = self.text_proj(self.text_norm(text.astype(dt)))
         keep = text_mask.astype(dt)[..., None]
         pooled = (text_tokens * keep).sum(1) / jnp.maximum(keep.sum(1), 1.0)
         emb = self.noise_embedding(logsnr) + self.text_pool(pooled)
+        if self.aug_embedding is not None:
+            emb = emb + self.aug_embedding(aug_logsnr)
 
         per_frame = {}
 

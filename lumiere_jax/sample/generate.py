@@ -1,34 +1,59 @@
-"""Text-to-video generation with a model: guidance, sampler and schedule from the config.
+"""Video generation with a trained model: guidance, MultiDiffusion windows, sampler, schedule.
 
-The same function serves the trainer's periodic previews and the sampling jobs; it is pure and
-jittable (the model is an NNX module traced with it).
+One pure, jittable function serves the trainer's previews, the base (text-to-video) stage and the
+SSR stage of the sampling job. Conditioning is a dict: `text` (B, L, D) and `mask` (B, L) always;
+SSR adds `lowres` (B, T, H, W, 3), the upsampled low-resolution clip, and `aug` (B,), the
+log-SNR of the augmentation noise it carries. Guidance nulls the text only.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 from lumiere_jax import diffusion
+from lumiere_jax.diffusion.multidiffusion import multidiffusion
+from lumiere_jax.models.conditioning import call_model
+
+FRAME_KEYS = ("lowres",)  # conditioning with a frame axis: windowed together with the clip
 
 
-def generate(model, text: jax.Array, text_mask: jax.Array, rng: jax.Array, shape: tuple, config,
-             num_steps: int | None = None) -> jax.Array:
-    """Samples videos of `shape` (B, T, H, W, C) in [-1, 1] for the text conditioning (B, L, D), (B, L)."""
+def clip_model_fn(model, num_frames: int, window: Optional[int], overlap: int,
+                  constrain: Optional[Callable] = None) -> Callable:
+    """fn(z, logsnr, cond) over a whole clip: directly, or with temporal MultiDiffusion when the
+    model's window is shorter than the clip."""
+    if window is None or window >= num_frames:
+        return lambda z, logsnr, cond: call_model(model, z, logsnr, cond)
+
+    def window_fn(z, logsnr, frame_cond, example_cond):
+        return call_model(model, z, logsnr, {**frame_cond, **example_cond})
+
+    clip_fn = multidiffusion(window_fn, num_frames, window, overlap, constrain)
+
+    def fn(z, logsnr, cond):
+        frame = {k: v for k, v in cond.items() if k in FRAME_KEYS}
+        example = {k: v for k, v in cond.items() if k not in FRAME_KEYS}
+        return clip_fn(z, logsnr, frame, example)
+
+    return fn
+
+
+def null_of(cond: dict) -> dict:
+    """The unconditional branch of guidance: no text tokens, everything else kept."""
+    return dict(cond, text=jnp.zeros_like(cond["text"]), mask=jnp.zeros_like(cond["mask"]))
+
+
+def generate(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, num_steps: Optional[int] = None,
+             window: Optional[int] = None, overlap: int = 2, constrain: Optional[Callable] = None) -> jax.Array:
+    """Samples clips shaped like `noise` (B, T, H, W, C) in [-1, 1] with config.sample settings."""
     schedule = diffusion.schedule_from_config(config.diffusion)
     parameterization = diffusion.parameterization_from_config(config.diffusion)
     settings = diffusion.sampler_settings_from_config(config.sample)
     if num_steps is not None:
         settings = dataclasses.replace(settings, num_steps=num_steps)
-    cond = {"text": text, "mask": text_mask}
-
-    def model_fn(z, logsnr, c):
-        return model(z, logsnr, c["text"], c["mask"])
-
-    predict = diffusion.classifier_free_guidance(model_fn, cond, diffusion.null_text_conditioning(cond),
-                                                 settings.guidance_scale)
-    noise_rng, sample_rng = jax.random.split(rng)
-    noise = jax.random.normal(noise_rng, shape, jnp.float32)
-    return jnp.clip(diffusion.sample(predict, noise, sample_rng, schedule, settings, parameterization=parameterization),
-                    -1.0, 1.0)
+    model_fn = clip_model_fn(model, noise.shape[1], window, overlap, constrain)
+    predict = diffusion.classifier_free_guidance(model_fn, cond, null_of(cond), settings.guidance_scale)
+    video = diffusion.sample(predict, noise, rng, schedule, settings, parameterization=parameterization)
+    return jnp.clip(video, -1.0, 1.0)

@@ -15,11 +15,12 @@ import optax
 from flax import nnx
 
 from lumiere_jax import diffusion
+from lumiere_jax.models.conditioning import call_model, upsample
 from lumiere_jax.text.conditioning import text_conditioning
 from lumiere_jax.train.state import TrainState
 
 NUM_BANDS = 4  # loss is also reported per quarter of (unshifted cosine) noise time
-STEP_KEYS = ("video", "text_embeddings", "text_mask", "text_tokens", "is_image")
+STEP_KEYS = ("video", "video_hires", "text_embeddings", "text_mask", "text_tokens", "is_image")
 
 
 def noise_band(logsnr: jax.Array) -> jax.Array:
@@ -42,7 +43,7 @@ def step_inputs(batch: dict, config) -> dict:
 
 
 def _split_microbatches(batch: dict, n: int) -> dict:
-    size = batch["video"].shape[0]
+    size = next(iter(batch.values())).shape[0]
     if size % n:
         raise ValueError(f"batch size {size} is not divisible by train.microbatches={n}")
     return jax.tree.map(lambda a: a.reshape(n, size // n, *a.shape[1:]), batch)
@@ -66,20 +67,25 @@ def make_train_step(graphdef: nnx.GraphDef, config, schedule_fn: optax.Schedule,
     def micro_loss(params, rest, model_graphdef, batch, rng, encoder):
         model = nnx.merge(model_graphdef, params, rest)
         text, mask = text_conditioning(batch, config.text, encoder)
-        drop_rng, loss_rng = jax.random.split(rng)
+        drop_rng, loss_rng, aug_rng = jax.random.split(rng, 3)
         cond = {"text": text, "mask": mask}
         cond = diffusion.drop_conditioning(drop_rng, cond, diffusion.null_text_conditioning(cond), train.text_dropout)
+        x0 = batch["video"]
+        if config.ssr.enabled:  # (low-res, high-res) pairs made on the fly, low-res noise-augmented
+            x0 = batch["video_hires"]
+            lowres = upsample(batch["video"], x0.shape[2])
+            aug_range = (config.ssr.aug_logsnr_min, config.ssr.aug_logsnr_max)
+            cond["lowres"], cond["aug"] = diffusion.random_noise_augment(aug_rng, lowres, aug_range)
 
         def model_fn(z, logsnr):
-            out = model(z, logsnr, cond["text"], cond["mask"], image_mode=image_mode)
-            if "is_image" in batch:  # joint image-video batches: images run with time bypassed
-                image_out = model(z, logsnr, cond["text"], cond["mask"], image_mode=True)
+            out = call_model(model, z, logsnr, cond, image_mode=image_mode)
+            if "is_image" in batch:  # sources mixed within the batch: image rows run with time bypassed
+                image_out = call_model(model, z, logsnr, cond, image_mode=True)
                 pick = batch["is_image"].astype(bool).reshape((-1,) + (1,) * (out.ndim - 1))
                 out = jnp.where(pick, image_out, out)
             return out
 
-        losses, logsnr = diffusion.diffusion_loss(model_fn, batch["video"], loss_rng, schedule,
-                                                  parameterization=parameterization)
+        losses, logsnr = diffusion.diffusion_loss(model_fn, x0, loss_rng, schedule, parameterization=parameterization)
         return losses.mean(), (losses, logsnr)
 
     def gradients(model, wrt, batch, rng, encoder):

@@ -103,15 +103,23 @@ def compile_step(step_fn, state, shardings, batch, mesh, rules):
 
 
 def make_preview_fn(graphdef, config, batch):
-    """jit(state, text, mask, rng) -> EMA-model sample videos shaped like the first rows of `batch`."""
+    """jit(state, text, mask, lowres, rng) -> EMA-model samples shaped like the first rows of the target."""
+    from lumiere_jax.models.conditioning import upsample
     from lumiere_jax.sample.generate import generate
 
-    n = min(config.train.num_samples, batch["video"].shape[0])
-    shape = (n,) + tuple(batch["video"].shape[1:])
+    target = batch["video_hires"] if config.ssr.enabled else batch["video"]
+    n = min(config.train.num_samples, target.shape[0])
+    shape = (n,) + tuple(target.shape[1:])
 
-    def preview(state, text, mask, rng):
+    def preview(state, text, mask, lowres, rng):
         model = nnx.merge(graphdef, state).ema_model()
-        return generate(model, text[:n], mask[:n], rng, shape, config, num_steps=config.train.sample_steps)
+        cond = {"text": text[:n], "mask": mask[:n]}
+        if config.ssr.enabled:
+            cond["lowres"] = upsample(lowres[:n], shape[2])
+            cond["aug"] = jnp.full((n,), config.ssr.sample_aug_logsnr, jnp.float32)
+        noise_rng, rng = jax.random.split(rng)
+        noise = jax.random.normal(noise_rng, shape, jnp.float32)
+        return generate(model, cond, noise, rng, config, num_steps=config.train.sample_steps)
 
     return jax.jit(preview)
 
@@ -202,7 +210,7 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
             if train_cfg.sample_every and step % train_cfg.sample_every == 0:
                 preview = preview or make_preview_fn(graphdef, config, batch)
                 text, mask = _text_of(batch, config, encoder_state)
-                videos = jax.device_get(preview(state, text, mask, jax.random.key(step)))
+                videos = jax.device_get(preview(state, text, mask, batch["video"], jax.random.key(step)))
                 if jax.process_index() == 0:
                     write_previews(workdir / "samples" / f"step_{step:08d}", videos, PREVIEW_FPS)
             if step % train_cfg.checkpoint_every == 0:

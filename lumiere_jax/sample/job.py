@@ -1,0 +1,229 @@
+"""`--mode=sample`: prompts -> base STUNet -> (optional) SSR -> MP4, GIF, NPZ and PNG per prompt.
+
+Everything that can be wrong with the request (no prompts, a missing checkpoint, an SSR whose
+input size is not the base model's output, text embeddings of the wrong width) is checked before
+any model is built. Prompts are batched and sharded over the mesh's batch axes; each prompt's
+starting noise comes from fold_in(seed, index), so with a deterministic sampler (DDIM, eta 0) a
+prompt gives the same video whatever batch it lands in.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from lumiere_jax import diffusion
+from lumiere_jax.models.conditioning import upsample
+from lumiere_jax.models.unet import UNet, UNetConfig
+from lumiere_jax.models.weights import load_weights
+from lumiere_jax.parallel import batch_sharding, create_sharded, logical_axis_rules, mesh_from_config
+from lumiere_jax.sample.generate import generate
+from lumiere_jax.sample.video_io import contact_sheet, to_uint8, write_gif, write_mp4, write_png
+
+
+def load_prompts(sample) -> list[str]:
+    if sample.prompts_file:
+        path = pathlib.Path(sample.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"sample.prompts_file {path} does not exist")
+        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"sample.prompts_file {path} has no prompts (one per line)")
+        return prompts
+    prompts = [p for p in sample.prompts if p.strip()]
+    if not prompts:
+        raise ValueError("no prompts: set sample.prompts or sample.prompts_file")
+    return prompts
+
+
+class Stage:
+    """An exported model (weights + the config that built it), checked but not yet loaded."""
+
+    def __init__(self, name: str, path: str):
+        self.name, self.path = name, pathlib.Path(path)
+        if not (self.path / "config.json").is_file() or not (self.path / "params").is_dir():
+            raise FileNotFoundError(f"sample.{name}_checkpoint {self.path} is not an export "
+                                    f"(needs config.json and params/; write one with --mode=export)")
+        self.config = ml_collections.ConfigDict(json.loads((self.path / "config.json").read_text()))
+        self.model_config = UNetConfig.from_config(self.config.model)
+
+    def build(self, mesh, rules) -> UNet:
+        model = create_sharded(lambda: UNet(self.model_config, rngs=nnx.Rngs(0)), mesh, rules)
+        load_weights(self.path, model)
+        return model
+
+
+def check_stages(base: Stage, ssr: Optional[Stage]) -> None:
+    if base.config.ssr.enabled:
+        raise ValueError(f"sample.base_checkpoint {base.path} is an SSR model, not a base STUNet")
+    if ssr is None:
+        return
+    if not ssr.config.ssr.enabled:
+        raise ValueError(f"sample.ssr_checkpoint {ssr.path} is not an SSR model (its ssr.enabled is False)")
+    low, out = ssr.config.data.resolution, base.config.data.resolution
+    if low != out:
+        raise ValueError(f"the SSR model {ssr.path} takes {low}x{low} clips but the base model makes {out}x{out}")
+    if ssr.model_config.text_dim != base.model_config.text_dim:
+        raise ValueError(f"base and SSR models expect text widths {base.model_config.text_dim} and "
+                         f"{ssr.model_config.text_dim}")
+
+
+def text_embeddings(config, prompts: list[str], text_dim: int, mesh, rules) -> tuple[np.ndarray, np.ndarray]:
+    """(N, L, D) embeddings and (N, L) masks for the prompts: precomputed, or from config.text's T5."""
+    path = config.sample.prompt_embeddings
+    if path:
+        if not pathlib.Path(path).is_file():
+            raise FileNotFoundError(f"sample.prompt_embeddings {path} does not exist")
+        with np.load(path) as data:
+            emb, mask = np.asarray(data["embeddings"], np.float32), np.asarray(data["mask"], bool)
+        if emb.shape[0] != len(prompts) or mask.shape != emb.shape[:2]:
+            raise ValueError(f"sample.prompt_embeddings {path} holds {emb.shape[0]} rows {emb.shape} / mask "
+                             f"{mask.shape} for {len(prompts)} prompts")
+    else:
+        from lumiere_jax.text.encoder import load_text_encoder, load_tokenizer, make_encode_fn
+
+        encoder = load_text_encoder(config.text, mesh, rules)
+        tokens = load_tokenizer(config.text, encoder.config.vocab_size)(prompts)
+        emb = np.asarray(make_encode_fn(encoder, mesh, rules)(tokens.tokens, tokens.mask), np.float32)
+        mask = np.asarray(tokens.mask, bool)
+    if emb.shape[-1] != text_dim:
+        raise ValueError(f"text embeddings are {emb.shape[-1]} wide but the models expect {text_dim}")
+    return emb, mask
+
+
+def slug(text: str, index: int) -> str:
+    return f"{index:03d}_" + (re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:48] or "prompt")
+
+
+def _batch_shards(mesh, rules) -> int:
+    spec = batch_sharding(mesh, rules, 1).spec[0]
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
+    return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+class StageRunner:
+    """One jitted sampler per stage, fed batches of prompts placed on the mesh's batch axes."""
+
+    def __init__(self, model, config, frames: int, size: int, window: int, overlap: int, mesh, rules, aug=None):
+        graphdef, self.state = nnx.split(model)
+        self.mesh, self.rules = mesh, rules
+        self.frames, self.size, self.aug, self.config = frames, size, aug, config
+        shards = _batch_shards(mesh, rules)
+
+        def constrain(x):
+            if x.shape[0] % shards:
+                return x
+            return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, rules, x.ndim))
+
+        def run(state, text, mask, lowres, keys):
+            model = nnx.merge(graphdef, state)
+            noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), (frames, size, size, 3)))(keys)
+            cond = {"text": text, "mask": mask}
+            if lowres is not None:
+                aug = jnp.full((text.shape[0],), self.aug, jnp.float32)
+                aug_rng = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+                noisy = jax.vmap(lambda r, x, a: diffusion.noise_augment(r, x[None], a)[0][0])(aug_rng, lowres, aug)
+                cond.update(lowres=noisy, aug=aug)
+            return generate(model, cond, noise, jax.random.fold_in(keys[0], 2), config, window=window,
+                            overlap=overlap, constrain=constrain)
+
+        self.run = jax.jit(run)
+
+    def __call__(self, text, mask, lowres, keys):
+        put = lambda a: None if a is None else jax.device_put(a, batch_sharding(self.mesh, self.rules, a.ndim))  # noqa: E731
+        with jax.set_mesh(self.mesh):
+            return np.asarray(jax.device_get(self.run(self.state, put(text), put(mask), put(lowres), put(keys))))
+
+
+def sample(config, workdir) -> dict:
+    """Runs the whole job; returns the samples.json content."""
+    workdir = pathlib.Path(workdir)
+    s = config.sample
+    prompts = load_prompts(s)
+    if not s.base_checkpoint:
+        raise ValueError("sample.base_checkpoint is required (an export directory of the base STUNet)")
+    base = Stage("base", s.base_checkpoint)
+    ssr = Stage("ssr", s.ssr_checkpoint) if s.ssr_checkpoint else None
+    check_stages(base, ssr)
+    train_frames = base.config.data.num_frames
+    frames = s.num_frames or train_frames
+    if frames < train_frames:
+        raise ValueError(f"sample.num_frames={frames} is shorter than the base model's {train_frames} frames")
+    if s.batch_size < 1:
+        raise ValueError(f"sample.batch_size={s.batch_size} must be >= 1")
+    mesh = mesh_from_config(config.mesh)
+    rules = logical_axis_rules(config.mesh.rules)
+    timings = {}
+
+    start = time.perf_counter()
+    emb, mask = text_embeddings(config, prompts, base.model_config.text_dim, mesh, rules)
+    timings["text_seconds"] = time.perf_counter() - start
+    shards = _batch_shards(mesh, rules)
+    batch = -(-min(s.batch_size, len(prompts)) // shards) * shards
+    order = list(range(len(prompts)))
+    batches = [order[i:i + batch] for i in range(0, len(order), batch)]
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(s.seed), i))(jnp.arange(len(prompts)))
+
+    def padded(rows, array):
+        rows = rows + [rows[-1]] * (batch - len(rows))
+        return None if array is None else array[np.asarray(rows)]
+
+    start = time.perf_counter()
+    base_runner = StageRunner(base.build(mesh, rules), config, frames, base.config.data.resolution,
+                              train_frames, s.window_overlap, mesh, rules)
+    videos = np.zeros((len(prompts), frames, base.config.data.resolution, base.config.data.resolution, 3), np.float32)
+    for rows in tqdm(batches, desc="base", disable=jax.process_index() != 0):
+        out = base_runner(padded(rows, emb), padded(rows, mask), None, padded(rows, keys))
+        videos[rows] = out[: len(rows)]
+    timings["base_seconds"] = time.perf_counter() - start
+
+    if ssr is not None:
+        start = time.perf_counter()
+        size = ssr.config.data.hires_resolution
+        runner = StageRunner(ssr.build(mesh, rules), config, frames, size, ssr.config.ssr.window,
+                             ssr.config.ssr.overlap, mesh, rules, aug=ssr.config.ssr.sample_aug_logsnr)
+        lowres_all = np.asarray(upsample(jnp.asarray(videos), size))
+        high = np.zeros((len(prompts), frames, size, size, 3), np.float32)
+        ssr_keys = jax.vmap(lambda k: jax.random.fold_in(k, 7))(keys)
+        for rows in tqdm(batches, desc="ssr", disable=jax.process_index() != 0):
+            out = runner(padded(rows, emb), padded(rows, mask), padded(rows, lowres_all), padded(rows, ssr_keys))
+            high[rows] = out[: len(rows)]
+        videos = high
+        timings["ssr_seconds"] = time.perf_counter() - start
+
+    records = write_outputs(workdir, prompts, videos, s.fps) if jax.process_index() == 0 else []
+    report = {
+        "samples": records,
+        "settings": {"sampler": s.sampler, "num_steps": s.num_steps, "guidance_scale": s.guidance_scale,
+                     "threshold_percentile": s.threshold_percentile, "seed": s.seed, "num_frames": frames,
+                     "base_checkpoint": str(base.path), "ssr_checkpoint": str(ssr.path) if ssr else None,
+                     "fps": s.fps},
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+    }
+    if jax.process_index() == 0:
+        (workdir / "samples.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def write_outputs(workdir: pathlib.Path, prompts: list[str], videos: np.ndarray, fps: float) -> list[dict]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, (prompt, video) in enumerate(zip(prompts, videos)):
+        name = slug(prompt, i)
+        frames = to_uint8(video)
+        paths = {ext: workdir / f"{name}.{ext}" for ext in ("mp4", "gif", "npz", "png")}
+        write_mp4(paths["mp4"], frames, fps)
+        write_gif(paths["gif"], frames, fps)
+        np.savez_compressed(paths["npz"], frames=frames)
+        write_png(paths["png"], contact_sheet(frames))
+        records.append({"prompt": prompt, "index": i, "seed_index": i, **{k: str(v) for k, v in paths.items()}})
+    return records
