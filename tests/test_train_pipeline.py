@@ -54,3 +54,30 @@ def test_tiny_stunet_learns_synthetic_shapes_with_joint_image_batches(tmp_path):
     assert summary["step"] == 40 and np.isfinite(losses).all()
     assert losses[-1] < 0.6 * losses[0], losses  # clearly learning, not noise
     assert summary["last_metrics"]["data/skipped_records"] == 0
+
+
+def test_ssr_trains_on_pairs_made_from_high_resolution_shards(tmp_path):
+    from configs import ssr_tiny
+
+    config = ssr_tiny.get_config()
+    config.data.batch_size = 8
+    config.data.text_embeddings = True
+    config.data.num_workers = 0
+    config.train.num_steps = 12
+    config.train.log_every = 4
+    config.train.checkpoint_every = 12
+    config.train.learning_rate = 3e-3
+    config.train.warmup_steps = 1
+    config.train.sample_every = 12  # EMA previews conditioned on the batch's low-res clips
+    config.train.sample_steps = 2
+    assert synthetic.main(["--output_dir", str(tmp_path / "clips"), "--num_examples", "32", "--num_frames", "4",
+                           "--sizes", "16,32", "--num_shards", "1", "--workers", "1"]) == 0
+    for jsonl in (tmp_path / "clips").glob("*.jsonl"):
+        embed_captions(jsonl, config.text.max_length, config.model.text_dim)
+    config.data.sources = [{"glob": str(tmp_path / "clips" / "*.array_record"), "weight": 1.0, "kind": "video"}]
+    summary = train(config, tmp_path / "run")
+    assert summary["step"] == 12 and summary["losses"][-1] < summary["losses"][0]
+    from PIL import Image
+
+    with Image.open(tmp_path / "run" / "samples" / "step_00000012" / "sample_0.gif") as gif:
+        assert gif.size == (32, 32) and gif.n_frames == 4

@@ -69,6 +69,7 @@ class UNetConfig:
         t = model.temporal
         return cls(
             in_channels=model.in_channels, conditioning_channels=model.conditioning_channels,
+            aug_conditioning=model.aug_conditioning,
             base_channels=model.base_channels, channel_mult=tuple(model.channel_mult),
             num_res_blocks=model.num_res_blocks, attention_levels=tuple(model.attention_levels),
             head_dim=model.head_dim, norm_groups=model.norm_groups, text_dim=model.text_dim, dtype=model.dtype,

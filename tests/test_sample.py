@@ -1,0 +1,99 @@
+"""The sampling job end to end on tiny exported models, and its up-front checks."""
+import json
+import pathlib
+
+import av
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import ssr_tiny
+from lumiere_jax.models.unet import UNet, UNetConfig
+from lumiere_jax.models.weights import save_weights
+from lumiere_jax.parallel.mesh import DEFAULT_RULES
+from lumiere_jax.sample.job import sample
+from train_helpers import train_config
+
+
+def export_random(config, path: pathlib.Path, seed: int) -> pathlib.Path:
+    """An export of a freshly initialised model whose zero-initialised output conv is perturbed."""
+    model = UNet(UNetConfig.from_config(config.model), rngs=nnx.Rngs(seed))
+    model.out_conv.kernel[...] = 0.05 * jax.random.normal(jax.random.key(seed), model.out_conv.kernel[...].shape)
+    save_weights(path, nnx.state(model, nnx.Param), json.loads(config.to_json()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    base = export_random(train_config(), root / "base", 0)  # 8 frames of 16x16
+    ssr = export_random(ssr_tiny.get_config(), root / "ssr", 1)  # 16 -> 32, windows of 4
+    return base, ssr
+
+
+def sample_config(tmp_path, base, ssr, prompts=("a red circle moving left", "a blue square moving up", "x")):
+    config = train_config()
+    s = config.sample
+    s.prompts = list(prompts)
+    s.base_checkpoint, s.ssr_checkpoint = str(base), str(ssr) if ssr else ""
+    s.num_steps, s.sampler, s.guidance_scale = 4, "ddim", 2.0
+    s.batch_size = 2
+    rng = np.random.default_rng(0)
+    embeddings = tmp_path / "prompts.npz"
+    np.savez(embeddings, embeddings=rng.normal(size=(len(prompts), 8, 32)).astype(np.float32),
+             mask=np.ones((len(prompts), 8), bool))
+    s.prompt_embeddings = str(embeddings)
+    return config
+
+
+def test_prompts_to_base_to_ssr_files(exports, tmp_path):
+    base, ssr = exports
+    config = sample_config(tmp_path, base, ssr)
+    config.sample.num_frames = 12  # longer than the base model's 8 frames: MultiDiffusion windows
+    report = sample(config, tmp_path / "out")
+    assert len(report["samples"]) == 3
+    for record in report["samples"]:
+        with av.open(record["mp4"]) as container:
+            stream = container.streams.video[0]
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            assert float(stream.average_rate) == pytest.approx(16.0)
+        assert len(frames) == 12 and frames[0].shape == (32, 32, 3)
+        clip = np.load(record["npz"])["frames"]
+        assert clip.shape == (12, 32, 32, 3) and clip.dtype == np.uint8 and clip.std() > 1
+        assert pathlib.Path(record["gif"]).stat().st_size > 0 and pathlib.Path(record["png"]).stat().st_size > 0
+    saved = json.loads((tmp_path / "out" / "samples.json").read_text())
+    assert saved["settings"]["num_frames"] == 12 and "ssr_seconds" in saved["timings"]
+
+
+def test_batching_does_not_change_a_prompt(exports, tmp_path):
+    base, _ = exports
+    config = sample_config(tmp_path, base, None)
+    # The batch replicated (1 batch shard), so batch_size 1 really samples the prompts one by one.
+    config.mesh.rules = [["batch", None]] + [list(r) for r in DEFAULT_RULES if r[0] != "batch"]
+    config.sample.batch_size = 1
+    one = sample(config, tmp_path / "a")
+    config.sample.batch_size = 8
+    other = sample(config, tmp_path / "b")
+    for x, y in zip(one["samples"], other["samples"]):
+        np.testing.assert_array_equal(np.load(x["npz"])["frames"], np.load(y["npz"])["frames"])
+
+
+def test_bad_requests_fail_before_any_compute(exports, tmp_path):
+    base, ssr = exports
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    config = sample_config(tmp_path, base, ssr)
+    config.sample.prompts_file = str(empty)
+    with pytest.raises(ValueError, match="has no prompts"):
+        sample(config, tmp_path)
+    config = sample_config(tmp_path, tmp_path / "nowhere", ssr)
+    with pytest.raises(FileNotFoundError, match="sample.base_checkpoint .*nowhere is not an export"):
+        sample(config, tmp_path)
+    wrong = ssr_tiny.get_config()
+    wrong.data.resolution = 8
+    mismatched = export_random(wrong, tmp_path / "ssr8", 2)
+    with pytest.raises(ValueError, match="takes 8x8 clips but the base model makes 16x16"):
+        sample(sample_config(tmp_path, base, mismatched), tmp_path)
+    with pytest.raises(ValueError, match="is an SSR model, not a base STUNet"):
+        sample(sample_config(tmp_path, ssr, None), tmp_path)
