@@ -249,3 +249,23 @@ def test_rematerialisation_keeps_the_gradients(config, stunet, inputs):
     assert len(a) == len(b)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-5)
+
+
+def test_patches_round_trip_and_the_patched_model_runs(config, inputs):
+    from lumiere_jax.models.unet import patchify, unpatchify
+
+    x = jax.random.normal(jax.random.key(9), (3, 8, 12, 5))
+    patches = patchify(x, 2)
+    assert patches.shape == (3, 4, 6, 20)
+    np.testing.assert_array_equal(patches[1, 2, 3, :5], x[1, 4, 6])  # patch (2, 3) starts at pixel (4, 6)
+    np.testing.assert_array_equal(unpatchify(patches, 2), x)
+    video, logsnr, text, mask = inputs
+    cfg = config.model.copy_and_resolve_references()
+    cfg.patch_size, cfg.conditioning_channels = 2, 4
+    model = build_unet(cfg)
+    model.out_conv.kernel[...] = jnp.ones_like(model.out_conv.kernel[...])
+    cond = jnp.zeros(video.shape[:-1] + (4,))
+    out = forward(model, jnp.concatenate([video, cond], -1), logsnr, text, mask)
+    assert out.shape == video.shape and float(jnp.abs(out).max()) > 0
+    with pytest.raises(ValueError, match="divisible by patch_size \\* 2\\*\\*\\(levels-1\\) = 8"):
+        model(jnp.zeros((1, 16, 12, 12, 7)), logsnr[:1], text[:1], mask[:1])

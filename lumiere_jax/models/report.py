@@ -68,9 +68,9 @@ def model_report(config) -> dict:
     resolution = config.data.hires_resolution if config.ssr.enabled else config.data.resolution
     if cfg.temporal:
         cfg.check_frames(frames)
-    factor = 2 ** (cfg.num_levels - 1)
+    factor = cfg.patch_size * 2 ** (cfg.num_levels - 1)
     if resolution % factor:
-        raise ValueError(f"data.resolution={resolution} is not divisible by 2**(levels-1)={factor}")
+        raise ValueError(f"data.resolution={resolution} is not divisible by patch_size * 2**(levels-1) = {factor}")
     start = time.perf_counter()
     model = nnx.eval_shape(lambda: UNet(cfg, rngs=nnx.Rngs(0)))
     levels = cfg.level_shapes(frames, resolution)

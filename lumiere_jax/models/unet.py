@@ -44,6 +44,7 @@ class UNetConfig:
     """Validated model hyper-parameters (mirrors `config.model`, see lumiere_jax/config.py)."""
 
     in_channels: int = 3
+    patch_size: int = 1
     conditioning_channels: int = 0
     aug_conditioning: bool = False
     base_channels: int = 128
@@ -68,7 +69,8 @@ class UNetConfig:
         """Builds from the `config.model` ConfigDict, flattening its `temporal` section."""
         t = model.temporal
         return cls(
-            in_channels=model.in_channels, conditioning_channels=model.conditioning_channels,
+            in_channels=model.in_channels, patch_size=model.patch_size,
+            conditioning_channels=model.conditioning_channels,
             aug_conditioning=model.aug_conditioning,
             base_channels=model.base_channels, channel_mult=tuple(model.channel_mult),
             num_res_blocks=model.num_res_blocks, attention_levels=tuple(model.attention_levels),
@@ -112,6 +114,8 @@ class UNetConfig:
             problems.append(f"model.temporal.conv_kernel={self.temporal_conv_kernel} must be odd and positive")
         if self.temporal_attention_depth < 0 or self.temporal_max_relative_distance < 1:
             problems.append("model.temporal.attention_depth must be >= 0 and max_relative_distance >= 1")
+        if self.patch_size < 1:
+            problems.append(f"model.patch_size={self.patch_size} must be >= 1")
         if self.num_res_blocks < 1 or self.in_channels < 1 or self.conditioning_channels < 0:
             problems.append("model.num_res_blocks and model.in_channels must be >= 1, conditioning_channels >= 0")
         if problems:
@@ -143,11 +147,29 @@ class UNetConfig:
         """Frames and resolution at which each level runs (for reports and checks)."""
         out = []
         for lv in range(self.num_levels):
-            out.append({"level": lv, "frames": frames, "resolution": resolution // 2**lv,
+            out.append({"level": lv, "frames": frames, "resolution": resolution // self.patch_size // 2**lv,
                         "channels": self.level_channels[lv]})
             if self.temporal and lv in self.temporal_downsample_levels:
                 frames //= 2
         return out
+
+
+def patchify(x: jax.Array, p: int) -> jax.Array:
+    """(N, H, W, C) -> (N, H/p, W/p, p*p*C): pixel patches as channels, so the U-Net runs at 1/p size."""
+    if p == 1:
+        return x
+    n, h, w, c = x.shape
+    x = x.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, h // p, w // p, p * p * c)
+
+
+def unpatchify(x: jax.Array, p: int) -> jax.Array:
+    """The inverse of `patchify`."""
+    if p == 1:
+        return x
+    n, h, w, c = x.shape
+    x = x.reshape(n, h, w, p, p, c // (p * p)).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, h * p, w * p, c // (p * p))
 
 
 class Level(nnx.Module):
@@ -183,8 +205,9 @@ class UNet(nnx.Module):
         self.text_proj = dense(cfg.text_dim, text_ch, rngs, dtype=dt)
         self.text_pool = dense(text_ch, emb_dim, rngs, dtype=dt, in_axis=axes.MLP, out_axis=axes.EMBED)
         # Video channels are few (3, 4): never shard them.
-        self.input_conv = conv(cfg.in_channels, cfg.base_channels, (3, 3), rngs, dtype=dt, in_axis=None)
-        self.cond_input = conv(cfg.conditioning_channels, cfg.base_channels, (3, 3), rngs, dtype=dt, in_axis=None,
+        p2 = cfg.patch_size**2
+        self.input_conv = conv(cfg.in_channels * p2, cfg.base_channels, (3, 3), rngs, dtype=dt, in_axis=None)
+        self.cond_input = conv(cfg.conditioning_channels * p2, cfg.base_channels, (3, 3), rngs, dtype=dt, in_axis=None,
                                kernel_init=zeros, use_bias=False) if cfg.conditioning_channels else None
 
         skips, ch = [cfg.base_channels], cfg.base_channels
@@ -217,7 +240,7 @@ class UNet(nnx.Module):
         self.upsamples = nnx.List([Upsample(chs[lv + 1], rngs, dt) for lv in range(levels - 1)])
 
         self.out_norm = GroupNorm(ch, cfg.norm_groups, rngs, dt)
-        self.out_conv = conv(ch, cfg.in_channels, (3, 3), rngs, dtype=dt, kernel_init=zeros, out_axis=None)
+        self.out_conv = conv(ch, cfg.in_channels * p2, (3, 3), rngs, dtype=dt, kernel_init=zeros, out_axis=None)
 
         if cfg.temporal:
             t_levels = cfg.temporal_downsample_levels
@@ -236,9 +259,10 @@ class UNet(nnx.Module):
         want = cfg.in_channels + cfg.conditioning_channels
         if x.ndim != 5 or x.shape[-1] != want:
             raise ValueError(f"expected video (B, T, H, W, {want}), got shape {x.shape}")
-        factor = 2 ** (cfg.num_levels - 1)
+        factor = cfg.patch_size * 2 ** (cfg.num_levels - 1)
         if x.shape[2] % factor or x.shape[3] % factor:
-            raise ValueError(f"height and width {x.shape[2:4]} must be divisible by 2**(levels-1)={factor}")
+            raise ValueError(f"height and width {x.shape[2:4]} must be divisible by "
+                             f"patch_size * 2**(levels-1) = {factor}")
         if logsnr.shape != (x.shape[0],):
             raise ValueError(f"logsnr must have shape ({x.shape[0]},), got {logsnr.shape}")
         if text.ndim != 3 or text.shape[0] != x.shape[0] or text.shape[2] != cfg.text_dim:
@@ -308,11 +332,10 @@ class UNet(nnx.Module):
             return per_frame[n_frames]
 
         x = x.astype(dt)
-        h = x.reshape(b * frames, *x.shape[2:])
-        inp = h[..., : cfg.in_channels]
-        h = self.input_conv(inp)
+        flat = x.reshape(b * frames, *x.shape[2:])
+        h = self.input_conv(patchify(flat[..., : cfg.in_channels], cfg.patch_size))
         if self.cond_input is not None:
-            h = h + self.cond_input(x.reshape(b * frames, *x.shape[2:])[..., cfg.in_channels:])
+            h = h + self.cond_input(patchify(flat[..., cfg.in_channels:], cfg.patch_size))
         skips = [h]
         for lv, level in enumerate(self.down):
             h = self._level(level, h, *conditioning(frames), skips, b, temporal, pop=False)
@@ -338,7 +361,7 @@ class UNet(nnx.Module):
                 if temporal and (lv - 1) in cfg.temporal_downsample_levels:
                     h, frames = self._temporal(self.temporal_upsamples[str(lv - 1)], h, b)
 
-        out = self.out_conv(jax.nn.silu(self.out_norm(h)))
+        out = unpatchify(self.out_conv(jax.nn.silu(self.out_norm(h))), cfg.patch_size)
         return out.reshape(b, -1, *out.shape[1:]).astype(jnp.float32)
 
 
