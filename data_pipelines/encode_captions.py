@@ -37,7 +37,7 @@ from lumiere_jax.text.checkpoint import count_parameters
 from lumiere_jax.text.embedding_store import EmbeddingShardWriter, shard_directory
 from lumiere_jax.text.encoder import encoder_config, load_text_encoder, load_tokenizer, make_encode_fn
 
-TEXT_OPTIONS = ("encoder", "variant", "checkpoint", "checkpoint_format", "vocabulary", "max_length",
+TEXT_OPTIONS = ("encoder", "variant", "checkpoint", "checkpoint_format", "init_seed", "vocabulary", "max_length",
                 "extra_ids", "dtype", "param_dtype")
 MAX_LOGGED_BAD_ROWS = 10
 

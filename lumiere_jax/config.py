@@ -10,6 +10,7 @@ def model_config() -> ml_collections.ConfigDict:
     """The U-Net (T2I) and its space-time inflation (STUNet)."""
     m = ml_collections.ConfigDict()
     m.in_channels = 3  # video channels; also the number of output channels
+    m.patch_size = 1  # > 1: p x p pixel patches become channels (space-to-depth) around the U-Net
     m.conditioning_channels = 0  # 4 for the conditional model: masked video (3) + mask (1); 3 for SSR
     m.aug_conditioning = False  # SSR: condition on the noise level of the low-res input's augmentation
     m.base_channels = 128
@@ -103,6 +104,17 @@ def train_config() -> ml_collections.ConfigDict:
     return t
 
 
+def compile_config() -> ml_collections.ConfigDict:
+    """`--mode=compile_report`: the TPU slice the train step is compiled for, ahead of time on this machine."""
+    c = ml_collections.ConfigDict()
+    c.topology = "v5p:2x2x1"  # GENERATION:AxB[xC] (v4, v5e, v5p, v6e), e.g. v5p:4x4x4 or v6e:2x4
+    c.num_slices = 1  # > 1: a multi-slice job (set mesh.dcn to match)
+    c.hbm_gib = 0.0  # HBM per chip to check against; 0: the generation's (v4 32, v5e 16, v5p 95, v6e 32)
+    c.find_max_batch = False  # True: also search the largest batch that fits (one compile per try)
+    c.max_batch_per_chip = 64  # the search's upper bound
+    return c
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -129,7 +141,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.text.encoder = "xxl"  # T5 encoder preset: tiny (tests), small, base, large, xl, xxl
     c.text.variant = "t5_1_1"  # t5_1_1 (one shared relative-position table) or umt5 (one per layer)
     c.text.checkpoint = ""  # HF .safetensors file/directory or t5x checkpoint_<step> directory
-    c.text.checkpoint_format = "hf"  # hf or t5x (t5x layout, examples or scanned, is detected)
+    c.text.checkpoint_format = "hf"  # hf, t5x (layout detected) or seed (a random frozen encoder, no checkpoint)
+    c.text.init_seed = 0  # the encoder's initialisation seed with checkpoint_format=seed
     c.text.vocabulary = ""  # sentencepiece model file of the encoder
     c.text.extra_ids = 100  # sentinel ids appended to the sentencepiece vocabulary (T5: 100)
     c.text.dtype = "bfloat16"  # encoder activations: float32 or bfloat16
@@ -139,6 +152,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion = diffusion_config()
     c.sample = sample_config()
     c.train = train_config()
+    c.compile = compile_config()
     c.ssr = ssr_config()
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # within a slice; one -1

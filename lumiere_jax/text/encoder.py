@@ -11,12 +11,23 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lumiere_jax.models.t5 import T5Config, T5Encoder, t5_config
-from lumiere_jax.parallel import batch_sharding, logical_axis_rules
+from lumiere_jax.parallel import batch_sharding, create_sharded, logical_axis_rules
 from lumiere_jax.text.hf_checkpoint import load_hf_encoder
 from lumiere_jax.text.t5x_checkpoint import load_t5x_encoder
 from lumiere_jax.text.tokenizer import T5Tokenizer
 
+def seeded_encoder(seed: int, config: T5Config, mesh: Optional[Mesh] = None, rules=None) -> T5Encoder:
+    """A frozen encoder initialised from `seed` (checkpoint_format 'seed').
+
+    For domains where no pretrained T5 is available (the CPU demo): random features of a fixed,
+    reproducible network still tell tokens and their order apart, and the seed in the config is
+    all a checkpoint needs to ship.
+    """
+    return create_sharded(lambda: T5Encoder(config, rngs=nnx.Rngs(int(seed))), mesh, rules)
+
+
 LOADERS = {"hf": load_hf_encoder, "t5x": load_t5x_encoder}
+FORMATS = (*LOADERS, "seed")
 
 
 def encoder_config(text: ml_collections.ConfigDict) -> T5Config:
@@ -26,8 +37,10 @@ def encoder_config(text: ml_collections.ConfigDict) -> T5Config:
 
 def load_text_encoder(text: ml_collections.ConfigDict, mesh: Optional[Mesh] = None, rules=None) -> T5Encoder:
     """Reads the checkpoint of `config.text` into a T5Encoder, sharded over `mesh` when given."""
-    if text.checkpoint_format not in LOADERS:
-        raise ValueError(f"config.text.checkpoint_format={text.checkpoint_format!r}; use one of {sorted(LOADERS)}")
+    if text.checkpoint_format not in FORMATS:
+        raise ValueError(f"config.text.checkpoint_format={text.checkpoint_format!r}; use one of {FORMATS}")
+    if text.checkpoint_format == "seed":
+        return seeded_encoder(text.init_seed, encoder_config(text), mesh, rules)
     if not text.checkpoint:
         raise ValueError("config.text.checkpoint is empty: give the HF safetensors or t5x checkpoint of the encoder")
     return LOADERS[text.checkpoint_format](text.checkpoint, encoder_config(text), mesh, rules)

@@ -1,0 +1,66 @@
+"""The CPU demo: a small STUNet that learns captioned moving shapes on a laptop.
+
+Domain: data_pipelines.synthetic clips of 16 frames at 32x32 ("a red circle moving left"), with six
+(colour, shape, direction) combinations held out of training to test generalisation.
+Text: the project's real text path with a tiny T5 encoder initialised from a fixed seed (frozen;
+no pretrained T5 can be downloaded here) and a sentencepiece vocabulary trained on the captions,
+both shipped with the demo checkpoint (demo/checkpoint/).
+Model: STUNet on 2x2 pixel patches (16x16 at the first level), widths 32/64/128, time halved
+twice (16 -> 8 -> 4 frames), two temporal attention layers at the coarsest level.
+
+Usage: --config=configs/demo.py (paths are relative to the repository root)
+"""
+from lumiere_jax.config import base_config
+
+HELDOUT = "red:circle:left,green:square:up,blue:triangle:right,yellow:circle:down,white:triangle:left,red:square:down"
+
+
+def get_config(arg=None):
+    del arg
+    c = base_config()
+    c.seed = 0
+    d = c.data
+    d.num_frames = 16
+    d.resolution = 32
+    d.batch_size = 16
+    d.text_embeddings = True
+    d.num_workers = 0
+    d.sources = [{"glob": "workdir/demo/data/train/*.array_record", "weight": 1.0, "kind": "video"}]
+    t = c.text
+    t.encoder = "tiny"
+    t.checkpoint_format = "seed"
+    t.init_seed = 0
+    t.vocabulary = "demo/checkpoint/vocab.model"
+    t.max_length = 8
+    t.dtype = "float32"
+    m = c.model
+    m.patch_size = 2
+    m.base_channels = 32
+    m.channel_mult = (1, 2, 4)
+    m.num_res_blocks = 1
+    m.attention_levels = (1, 2)
+    m.head_dim = 32
+    m.norm_groups = 8
+    m.text_dim = 32
+    m.temporal.downsample_levels = (0, 1)
+    m.temporal.attention_depth = 2
+    m.temporal.attention_head_dim = 32
+    m.temporal.max_relative_distance = 8
+    tr = c.train
+    tr.trainable = "all"
+    tr.num_steps = 2800
+    tr.learning_rate = 5e-4
+    tr.warmup_steps = 100
+    tr.weight_decay = 0.0
+    tr.ema_decay = 0.999
+    tr.text_dropout = 0.1
+    tr.checkpoint_every = 200
+    tr.log_every = 25
+    s = c.sample
+    s.sampler = "ddim"
+    s.num_steps = 32
+    s.guidance_scale = 3.0
+    s.threshold_percentile = 99.5
+    s.base_checkpoint = "demo/checkpoint"
+    s.batch_size = 8
+    return c
