@@ -12,7 +12,7 @@ from configs.stunet_tiny import get_config
 from lumiere_jax import parallel
 from lumiere_jax.models import param_groups
 from lumiere_jax.models.temporal import TemporalAttention, TemporalConvBlock, TemporalDownsample, TemporalUpsample
-from lumiere_jax.models.unet import Level, UNet, UNetConfig, build_unet
+from lumiere_jax.models.unet import UNet, UNetConfig, build_unet
 
 B, T, H, L = 2, 16, 32, 8
 

@@ -8,7 +8,7 @@ from flax import nnx
 
 from data_pipelines import train_vocabulary
 from lumiere_jax.config import base_config
-from lumiere_jax.text.encoder import load_text_encoder, load_tokenizer
+from lumiere_jax.text.encoder import load_text_encoder
 from lumiere_jax.text.tokenizer import T5Tokenizer
 
 CAPTIONS = [f"a {c} {s} moving {d}" for c in ("red", "green", "blue") for s in ("circle", "square")

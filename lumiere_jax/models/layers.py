@@ -6,7 +6,6 @@ are per frame: the frozen T2I layers then behave exactly as they did on images.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
