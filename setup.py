@@ -18,6 +18,8 @@ CORE = [
     "pillow>=10",
     "tensorstore>=0.1.60",
     "protobuf>=4",
+    "scipy>=1.11",
+    "ml_dtypes>=0.4",
 ]
 
 EXTRAS = {

@@ -3,4 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/ensure_env.sh test,seqio,tfds,tpu-aot
+# shellcheck lints the launch scripts (tests/test_launch.py); a Debian package, installed once.
+if ! command -v shellcheck >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck) >/dev/null 2>&1 \
+      || echo "test.sh: could not install shellcheck; its lint test will be skipped" >&2
+  else
+    echo "test.sh: shellcheck is not installed (apt-get install shellcheck); its lint test will be skipped" >&2
+  fi
+fi
 exec .venv/bin/python -m pytest tests -q -p no:cacheprovider --durations=15 "$@"

@@ -7,13 +7,14 @@ names it and a non-zero exit status.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-MODES = ("model_report", "train", "export", "sample")
+MODES = ("model_report", "train", "export", "sample", "compile_report", "eval")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/stunet_tiny.py[:ARG].")
@@ -53,9 +54,12 @@ def load_config():
 def run_model_report(config, workdir: pathlib.Path) -> None:
     from lumiere_jax.models.report import model_report
 
-    report = model_report(config)
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "model_report.json"
+    _write_report(model_report(config), workdir / "model_report.json")
+
+
+def _write_report(report: dict, path: pathlib.Path) -> None:
+    """Writes `report` to `path` as JSON and prints it on stdout (the path on stderr)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     print(f"wrote {path}", file=sys.stderr)
@@ -87,7 +91,33 @@ def run_sample(config, workdir: pathlib.Path) -> None:
     print(f"wrote {len(report['samples'])} videos and {workdir / 'samples.json'}", file=sys.stderr)
 
 
-RUNNERS = {"model_report": run_model_report, "train": run_train, "export": run_export, "sample": run_sample}
+def run_compile_report(config, workdir: pathlib.Path) -> None:
+    import jax
+
+    if not os.environ.get("JAX_PLATFORMS"):
+        # The TPU program is compiled from a topology description; keep libtpu from probing for a local TPU.
+        jax.config.update("jax_platforms", "cpu")
+    # A compile-only TPU executable can be written to the persistent cache but never read back.
+    jax.config.update("jax_enable_compilation_cache", False)
+    from lumiere_jax.train.compile_report import compile_report
+
+    _write_report(compile_report(config), workdir / "compile_report.json")
+
+
+def run_eval(config, workdir: pathlib.Path) -> None:
+    del config  # the clips and their prompts come from the sampling run in workdir
+    from lumiere_jax.evaluation.job import REPORT_NAME, evaluate_samples, summary
+
+    try:
+        report = evaluate_samples(workdir)
+    except ValueError as e:
+        _fail(f"cannot evaluate {workdir}: {e}")
+    print(summary(report))
+    print(f"wrote {workdir / REPORT_NAME}", file=sys.stderr)
+
+
+RUNNERS = {"model_report": run_model_report, "train": run_train, "export": run_export, "sample": run_sample,
+           "compile_report": run_compile_report, "eval": run_eval}
 
 
 def main(argv: list[str]) -> None:

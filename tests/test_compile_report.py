@@ -1,0 +1,151 @@
+"""`--mode=compile_report`: the train step compiled for a TPU slice on this CPU machine (tpu-aot extra).
+
+One real compile of the tiny STUNet for a 4-chip v5p slice checks the report against an
+independent count: a train step of all parameters costs the model's forward FLOPs (XLA's own count
+of the lowered forward pass, `model_report`) times 3 (forward, then backward through activations
+and through weights), per clip, within 25% (norms, the loss, AdamW and the EMA add a little).
+"""
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import stunet_tiny
+from lumiere_jax.train.compile_report import largest_fitting
+
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="needs the tpu-aot extra (libtpu)")
+BACKWARD_FACTOR = 3.0
+
+
+@pytest.mark.parametrize("limit", [1, 2, 7, 64, 100])
+def test_largest_fitting_finds_the_threshold_in_few_probes(limit):
+    bound = 2 * math.ceil(math.log2(limit + 1)) + 2
+    for threshold in range(limit + 1):
+        for guess in {1, limit, threshold, threshold + 1, limit // 2, 10 * limit}:
+            probes = []
+
+            def fits(k):
+                probes.append(k)
+                return k <= threshold
+
+            assert largest_fitting(fits, limit, guess) == threshold, (threshold, guess, probes)
+            assert len(probes) == len(set(probes)) and all(1 <= k <= limit for k in probes)
+            assert len(probes) <= bound, (threshold, guess, probes)
+
+
+def test_a_good_guess_costs_two_probes():
+    probes = []
+    assert largest_fitting(lambda k: probes.append(k) or k <= 37, 1000, guess=37) == 37
+    assert probes == [37, 38]
+
+
+@needs_libtpu
+def test_tpu_slices_and_their_hbm():
+    from lumiere_jax.train.compile_report import tpu_slice
+
+    v4 = tpu_slice("v4:2x2x1")  # libtpu shows each v4 TensorCore as a device: two per chip
+    assert (len(v4.devices), v4.chips, v4.hbm_gib_per_device) == (8, 4, 16.0)
+    v5p = tpu_slice("v5p:2x2x1")
+    assert (len(v5p.devices), v5p.chips, v5p.hbm_gib_per_device, v5p.generation) == (4, 4, 95.0, "v5p")
+    assert tpu_slice("v6e:2x2", hbm_gib=10.0).hbm_gib_per_device == 10.0
+    two = tpu_slice("v5e:2x2", num_slices=2)
+    assert (len(two.devices), two.chips, two.hbm_gib_per_device) == (8, 8, 16.0)
+    assert {d.slice_index for d in two.devices} == {0, 1}
+    with pytest.raises(ValueError, match="unknown TPU generation 'v9x'"):
+        tpu_slice("v9x:2x2")
+    with pytest.raises(ValueError, match="'v5p-16' must be GENERATION:AxB"):
+        tpu_slice("v5p-16")
+    with pytest.raises(ValueError, match="'v5e:3x7' is not a TPU topology libtpu knows"):
+        tpu_slice("v5e:3x7")
+
+
+@needs_libtpu
+def test_a_program_larger_than_hbm_is_reported_not_raised():
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import SingleDeviceSharding
+
+    from lumiere_jax.train.compile_report import tpu_slice, try_compile
+
+    device = tpu_slice("v5e:1x1").devices[0]  # 16 GiB of HBM
+
+    def compile_for(n):
+        x = jax.ShapeDtypeStruct((n,), jnp.float32, sharding=SingleDeviceSharding(device))
+        return lambda: jax.jit(lambda a: jnp.sin(a) + jnp.cos(a)[::-1]).lower(x).compile()
+
+    compiled, error = try_compile(compile_for(2**20))
+    assert error is None and compiled.memory_analysis().argument_size_in_bytes == 4 * 2**20
+    compiled, error = try_compile(compile_for(2**31))  # 8 GiB in, 8 GiB out, temporaries on top
+    assert compiled is None and "RESOURCE_EXHAUSTED" in error and "HBM" in error
+
+
+def tiny_config(overrides=None):
+    """The tiny STUNet at 8 frames of 16x16 (TPU compile time grows with the shapes), all parameters
+    trained, on a (data 2, fsdp 2) mesh of a 4-chip v5p slice; `overrides` maps dotted keys to values."""
+    config = stunet_tiny.get_config()
+    config.data.num_frames, config.data.resolution, config.data.batch_size = 8, 16, 4
+    config.train.trainable = "all"
+    config.mesh.shape.update({"data": 2, "fsdp": 2, "tensor": 1})
+    config.compile.topology = "v5p:2x2x1"
+    for key, value in (overrides or {}).items():
+        *parents, name = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[name] = value
+    return config
+
+
+@needs_libtpu
+def test_tiny_stunet_train_step_on_a_v5p_slice():
+    from lumiere_jax.models.report import model_report
+    from lumiere_jax.train.compile_report import compile_report
+
+    config = tiny_config({"compile.find_max_batch": True, "compile.max_batch_per_chip": 1})
+    report = compile_report(config)
+    assert (report["devices"], report["chips"], report["device_kind"]) == (4, 4, "TPU v5")
+    assert report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
+    assert (report["global_batch"], report["batch_per_chip"], report["fits"]) == (4, 1.0, True)
+    m = report["memory_per_device_gib"]
+    assert m["aliased"] > 0  # the donated state is updated in place
+    assert m["total"] == pytest.approx(m["arguments"] + m["outputs"] - m["aliased"] + m["temporaries"]
+                                       + m["generated_code"], abs=0.003)
+    assert report["hbm_headroom_gib"] == pytest.approx(95.0 - m["total"], abs=1e-3)
+    assert report["flops_per_step"] == 4 * report["flops_per_device"]
+    assert report["step_seconds_at_peak"] == pytest.approx(report["flops_per_device"] / 459e12, rel=1e-3)
+
+    forward = model_report(config)["forward_flops_per_clip"]
+    factor = report["flops_per_step"] / (forward * config.data.batch_size)
+    assert factor == pytest.approx(BACKWARD_FACTOR, rel=0.25), factor
+
+    # The search's bound (1 clip per chip) is the batch just compiled: answered without compiling again.
+    assert report["max_batch"]["max_global_batch"] == 4 and report["max_batch"]["max_batch_per_chip"] == 1.0
+    assert [t["global_batch"] for t in report["max_batch"]["tries"]] == [4]
+
+
+@needs_libtpu
+@pytest.mark.parametrize("overrides, message", [
+    ({"data.batch_size": 6}, r"data.batch_size=6 must be a positive multiple of 4"),
+    ({"text.encode_in_step": True}, "precomputed text embeddings"),
+    ({"mesh.shape.data": 4}, "needs 8 devices but 4 are available"),
+])
+def test_bad_settings_fail_before_compiling(overrides, message):
+    from lumiere_jax.train.compile_report import compile_report
+
+    with pytest.raises(ValueError, match=message):
+        compile_report(tiny_config(overrides))
+
+
+@needs_libtpu
+def test_cli_names_a_bad_topology(repo_root, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # the mode picks the CPU backend itself
+    proc = subprocess.run([sys.executable, "-m", "lumiere_jax.main", "--config=configs/stunet_tiny.py",
+                           f"--workdir={tmp_path}", "--mode=compile_report", "--config.compile.topology=v5p-16"],
+                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("lumiere_jax:")]
+    assert len(lines) == 1 and "compile.topology='v5p-16' must be GENERATION:AxB" in lines[0], proc.stderr
