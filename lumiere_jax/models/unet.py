@@ -280,7 +280,11 @@ class UNet(nnx.Module):
         """Calls a block, rematerialised in the backward pass when `model.remat` asks for it."""
         if self.cfg.remat == "none":
             return module(*args)
-        return nnx.remat(lambda m, *a: m(*a), policy=REMAT_POLICIES[self.cfg.remat])(module, *args)
+        # Split/merge around jax.checkpoint (not nnx.remat): the train step differentiates merged
+        # parameters, and nnx.remat would try to mutate them from inside another trace.
+        graphdef, state = nnx.split(module)
+        run = jax.checkpoint(lambda s, *a: nnx.merge(graphdef, s)(*a), policy=REMAT_POLICIES[self.cfg.remat])
+        return run(state, *args)
 
     def _temporal(self, module, h, batch):
         """Applies a video module to frames folded into the batch; returns (h, frames)."""
