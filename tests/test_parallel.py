@@ -36,3 +36,12 @@ def test_multi_slice_mesh_needs_a_multi_slice_topology():
     config.dcn.data = 2
     with pytest.raises(ValueError, match="asks for 2 slices but the devices form no multi-slice topology"):
         mesh_from_config(config)
+
+
+def test_batch_shard_count_follows_the_batch_rule():
+    from lumiere_jax.parallel import batch_shard_count
+
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    assert batch_shard_count(mesh, logical_axis_rules()) == 4  # batch over data x fsdp
+    assert batch_shard_count(mesh, logical_axis_rules([["batch", "data"]])) == 2
+    assert batch_shard_count(mesh, logical_axis_rules([["batch", None]])) == 1

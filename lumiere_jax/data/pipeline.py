@@ -52,7 +52,7 @@ from lumiere_jax.data.transforms import (
     text_arrays,
 )
 from lumiere_jax.parallel.mesh import logical_axis_rules
-from lumiere_jax.parallel.sharding import batch_sharding
+from lumiere_jax.parallel.sharding import batch_shard_count, batch_sharding
 
 SOURCE_KEYS = ("glob", "weight", "kind")
 MIX_BY = ("batch", "example")
@@ -224,7 +224,7 @@ class DataPipeline:
         data_cfg = config.data
         self.batch_size = int(data_cfg.batch_size)
         self._mesh, self._rules = mesh, rules
-        shards = _batch_shards(mesh, rules)
+        shards = batch_shard_count(mesh, rules)
         if self.batch_size % shards:
             raise ValueError(
                 f"data.batch_size={self.batch_size} must be a multiple of {shards}, the number of batch "
@@ -270,13 +270,6 @@ class DataPipeline:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-def _batch_shards(mesh: Mesh, rules) -> int:
-    """How many pieces the batch axis is cut into on `mesh`."""
-    axes = batch_sharding(mesh, rules, 1).spec[0]
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    return int(np.prod([mesh.shape[a] for a in axes], dtype=np.int64))
 
 
 def make_pipeline(config, mesh: Mesh) -> DataPipeline:

@@ -45,3 +45,13 @@ def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
     """Sharding of an activation/batch array: leading axis as 'batch', the rest replicated."""
     target = dict(rules).get("batch")
     return NamedSharding(mesh, PartitionSpec(target, *([None] * (ndim - 1))))
+
+
+def batch_shard_count(mesh: Mesh, rules) -> int:
+    """How many pieces the batch axis is cut into on `mesh` (a global batch must be a multiple)."""
+    target = batch_sharding(mesh, rules, 1).spec[0]
+    axes = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+    count = 1
+    for axis in axes:
+        count *= mesh.shape[axis]
+    return count

@@ -25,7 +25,7 @@ from lumiere_jax import diffusion
 from lumiere_jax.models.conditioning import upsample
 from lumiere_jax.models.unet import UNet, UNetConfig
 from lumiere_jax.models.weights import load_weights
-from lumiere_jax.parallel import batch_sharding, create_sharded, logical_axis_rules, mesh_from_config
+from lumiere_jax.parallel import batch_shard_count, batch_sharding, create_sharded, logical_axis_rules, mesh_from_config
 from lumiere_jax.sample.generate import generate
 from lumiere_jax.sample.video_io import contact_sheet, to_uint8, write_gif, write_mp4, write_png
 
@@ -104,12 +104,6 @@ def slug(text: str, index: int) -> str:
     return f"{index:03d}_" + (re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:48] or "prompt")
 
 
-def _batch_shards(mesh, rules) -> int:
-    spec = batch_sharding(mesh, rules, 1).spec[0]
-    axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
-    return int(np.prod([mesh.shape[a] for a in axes]))
-
-
 class StageRunner:
     """One jitted sampler per stage, fed batches of prompts placed on the mesh's batch axes."""
 
@@ -117,7 +111,7 @@ class StageRunner:
         graphdef, self.state = nnx.split(model)
         self.mesh, self.rules = mesh, rules
         self.frames, self.size, self.aug, self.config = frames, size, aug, config
-        shards = _batch_shards(mesh, rules)
+        shards = batch_shard_count(mesh, rules)
 
         def constrain(x):
             if x.shape[0] % shards:
@@ -167,7 +161,7 @@ def sample(config, workdir) -> dict:
     start = time.perf_counter()
     emb, mask = text_embeddings(config, prompts, base.model_config.text_dim, mesh, rules)
     timings["text_seconds"] = time.perf_counter() - start
-    shards = _batch_shards(mesh, rules)
+    shards = batch_shard_count(mesh, rules)
     batch = -(-min(s.batch_size, len(prompts)) // shards) * shards
     order = list(range(len(prompts)))
     batches = [order[i:i + batch] for i in range(0, len(order), batch)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 import os
 import sys
 from typing import Any, Callable, Optional
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 from tqdm import tqdm
 
-from lumiere_jax.parallel import batch_sharding, logical_axis_rules, mesh_from_config, state_shardings
+from lumiere_jax.parallel import batch_shard_count, logical_axis_rules, mesh_from_config, state_shardings
 from lumiere_jax.train.metrics import peak_tflops
 from lumiere_jax.train.optimizer import learning_rate_schedule
 from lumiere_jax.train.step import make_train_step, step_inputs
@@ -121,9 +120,7 @@ def train_program(config, mesh, rules, batch_size: int) -> TrainProgram:
 
 def batch_unit(mesh, rules, microbatches: int) -> int:
     """The global batch must be a multiple of this: the batch's shards times the micro-batches."""
-    axes = batch_sharding(mesh, rules, 1).spec[0]
-    axes = axes if isinstance(axes, tuple) else (axes,)
-    return math.prod(mesh.shape[a] for a in axes if a is not None) * microbatches
+    return batch_shard_count(mesh, rules) * microbatches
 
 
 def memory_gib(compiled) -> dict:
