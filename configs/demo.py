@@ -10,6 +10,7 @@ twice (16 -> 8 -> 4 frames), two temporal attention layers at the coarsest level
 
 Usage: --config=configs/demo.py (paths are relative to the repository root)
 """
+from data_pipelines.synthetic import caption, parse_heldout
 from lumiere_jax.config import base_config
 
 HELDOUT = "red:circle:left,green:square:up,blue:triangle:right,yellow:circle:down,white:triangle:left,red:square:down"
@@ -62,5 +63,7 @@ def get_config(arg=None):
     s.guidance_scale = 3.0
     s.threshold_percentile = 99.5
     s.base_checkpoint = "demo/checkpoint"
-    s.batch_size = 8
+    s.batch_size = 12
+    s.prompts = [caption(*combo) for combo in parse_heldout(HELDOUT)]
+    c.eval.heldout = HELDOUT
     return c

@@ -61,7 +61,27 @@ def sample_config() -> ml_collections.ConfigDict:
     s.base_checkpoint = ""  # an export directory of the base STUNet (--mode=export)
     s.ssr_checkpoint = ""  # optional export directory of an SSR model
     s.fps = 16.0
+    s.image_mode = False  # True: the base model bypasses every temporal module, so each frame is generated
+    # on its own (the frame-wise baseline that shows what the space-time layers add)
     return s
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    """`--mode=eval` (the moving-shapes domain)."""
+    e = ml_collections.ConfigDict()
+    e.heldout = ""  # combinations held out of training, as data_pipelines.synthetic --heldout
+    # ('red:circle:left,green:*:up'): the report then scores held-out and seen prompts apart
+    return e
+
+
+def demo_config() -> ml_collections.ConfigDict:
+    """`--mode=demo`: sample the committed checkpoint, then train from scratch for a few steps."""
+    d = ml_collections.ConfigDict()
+    d.samples_per_prompt = 2  # each sample prompt is sampled this many times (different noise)
+    d.train_examples = 256  # synthetic clips generated for the from-scratch training
+    d.train_steps = 60  # from-scratch training steps (the loss falls; prompt-following needs ~2,800)
+    d.log_every = 5  # progress-bar loss updates
+    return d
 
 
 def ssr_config() -> ml_collections.ConfigDict:
@@ -154,6 +174,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = train_config()
     c.compile = compile_config()
     c.ssr = ssr_config()
+    c.eval = eval_config()
+    c.demo = demo_config()
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # within a slice; one -1
     c.mesh.dcn = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})  # across slices (multi-slice)

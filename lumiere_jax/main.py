@@ -14,7 +14,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-MODES = ("model_report", "train", "export", "sample", "compile_report", "eval")
+MODES = ("model_report", "train", "export", "sample", "compile_report", "eval", "demo")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/stunet_tiny.py[:ARG].")
@@ -105,19 +105,26 @@ def run_compile_report(config, workdir: pathlib.Path) -> None:
 
 
 def run_eval(config, workdir: pathlib.Path) -> None:
-    del config  # the clips and their prompts come from the sampling run in workdir
+    """The clips and their prompts come from the sampling run in workdir; the config names the
+    combinations held out of training (config.eval.heldout)."""
     from lumiere_jax.evaluation.job import REPORT_NAME, evaluate_samples, summary
 
     try:
-        report = evaluate_samples(workdir)
+        report = evaluate_samples(workdir, heldout=config.eval.heldout)
     except ValueError as e:
         _fail(f"cannot evaluate {workdir}: {e}")
     print(summary(report))
     print(f"wrote {workdir / REPORT_NAME}", file=sys.stderr)
 
 
+def run_demo(config, workdir: pathlib.Path) -> None:
+    from lumiere_jax.demo import describe, run_demo as demo
+
+    print(describe(demo(config, workdir), workdir))
+
+
 RUNNERS = {"model_report": run_model_report, "train": run_train, "export": run_export, "sample": run_sample,
-           "compile_report": run_compile_report, "eval": run_eval}
+           "compile_report": run_compile_report, "eval": run_eval, "demo": run_demo}
 
 
 def main(argv: list[str]) -> None:
@@ -133,6 +140,8 @@ def main(argv: list[str]) -> None:
         _fail(f"invalid config: {e}")
     except FileNotFoundError as e:
         _fail(f"missing file: {e}")
+    except FileExistsError as e:
+        _fail(str(e))
 
 
 def run() -> None:

@@ -268,3 +268,20 @@ def test_prompts_parse_like_the_data_captions():
     every = itertools.product(COLORS, SHAPES, DIRECTIONS)
     assert all(parse_prompt(caption(*c)).key == ":".join(c) for c in every)
     assert parse_prompt("  A Red  circle moving LEFT ").key == "red:circle:left"
+
+
+def test_heldout_and_seen_combinations_are_scored_apart(real32):
+    clips, prompts, _ = (x[:8] for x in real32)
+    keys = [parse_prompt(p).key for p in prompts]
+    report = evaluate_clips(clips, prompts, progress=False, heldout=f"{keys[0]},{keys[3]}")
+    held = [k in (keys[0], keys[3]) for k in keys]
+    assert [c["heldout"] for c in report["clips"]] == held
+    assert report["heldout"]["num_clips"] == sum(held) and report["seen"]["num_clips"] == 8 - sum(held)
+    assert report["heldout"]["direction_accuracy"] == report["seen"]["direction_accuracy"] == 1.0
+    assert [line.split()[0] for line in summary(report).splitlines()[1:4]] == ["overall", "heldout", "seen"]
+    direction = parse_prompt(prompts[1]).direction
+    wildcard = evaluate_clips(clips, prompts, progress=False, heldout=f"*:*:{direction}")
+    assert wildcard["heldout"]["num_clips"] == sum(parse_prompt(p).direction == direction for p in prompts)
+    assert "heldout" not in evaluate_clips(clips[:1], prompts[:1], progress=False)
+    with pytest.raises(ValueError, match="must be color:shape:direction"):
+        evaluate_clips(clips, prompts, progress=False, heldout="red:circle")

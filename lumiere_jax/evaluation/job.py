@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 from tqdm import tqdm
 
+from data_pipelines.synthetic import parse_heldout
 from lumiere_jax.evaluation.synthetic import build_report, score_clip, to_unit_range
 
 REPORT_NAME = "eval_report.json"
@@ -58,8 +59,10 @@ def load_frames(workdir: pathlib.Path, sample: dict) -> np.ndarray:
     return to_unit_range(frames[None])[0]
 
 
-def evaluate_samples(workdir, progress: bool = True) -> dict:
-    """Scores every sample of WORKDIR/samples.json, writes WORKDIR/eval_report.json, returns it."""
+def evaluate_samples(workdir, progress: bool = True, heldout: str = "") -> dict:
+    """Scores every sample of WORKDIR/samples.json, writes WORKDIR/eval_report.json, returns it.
+    `heldout` (data_pipelines.synthetic --heldout syntax) adds held-out and seen scores."""
+    parse_heldout(heldout)  # a bad list fails before the slow part
     workdir = pathlib.Path(workdir)
     samples = read_samples(workdir)
     records, skipped = [], []
@@ -74,7 +77,7 @@ def evaluate_samples(workdir, progress: bool = True) -> dict:
         reasons = "; ".join(f"#{s['index']}: {s['reason']}" for s in skipped[:5])
         raise ValueError(f"none of the {len(samples)} samples in {workdir / 'samples.json'} could be scored "
                          f"({reasons})")
-    report = {**build_report(records), "skipped": skipped}
+    report = {**build_report(records, heldout), "skipped": skipped}
     (workdir / REPORT_NAME).write_text(json.dumps(report, indent=2))
     return report
 
@@ -90,6 +93,7 @@ def summary(report: dict) -> str:
     """A short table: overall scores, then per combination, then the skip count."""
     header = ("", "clips", "colour", "shape", "dir", "present", "jitter", "fit")
     lines = ["{:<24} {:>5}  {:>6} {:>6} {:>6} {:>7}  {:>7} {:>5}".format(*header), _line("overall", report["overall"])]
+    lines += [_line(side, report[side]) for side in ("heldout", "seen") if report.get(side)]
     lines += [_line(key, scores) for key, scores in report["per_combination"].items()]
     chance = report["chance"]
     lines.append(f"chance: colour {chance['color_accuracy']:.1%}, shape {chance['shape_accuracy']:.1%}, direction "

@@ -37,7 +37,8 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from data_pipelines.synthetic import COLORS, DIRECTIONS, RADIUS_RANGE, SHAPES, TRAVEL_RANGE, shape_mask
+from data_pipelines.synthetic import (COLORS, DIRECTIONS, RADIUS_RANGE, SHAPES, TRAVEL_RANGE, is_heldout,
+                                      parse_heldout, shape_mask)
 
 FOREGROUND_THRESHOLD = 0.5  # of the brightest channel in [0, 1]: every palette colour has a channel at 1
 AREA_SLACK = (0.4, 2.0)  # the region's brightness mass may be this far below/above the domain's smallest/largest shape
@@ -271,9 +272,21 @@ def aggregate(records: Sequence[dict]) -> dict:
     return scores
 
 
-def build_report(records: Sequence[dict]) -> dict:
-    """The JSON-able report: overall scores, the same per (colour, shape, direction) combination
-    (keyed 'red:circle:left'), chance levels, the evaluator's settings and every clip's record."""
+def split_scores(records: Sequence[dict], heldout: str) -> dict:
+    """{'heldout': scores, 'seen': scores} for `heldout` combinations (data_pipelines.synthetic
+    --heldout syntax) and the rest; a side with no clips is None. Marks each record's 'heldout'."""
+    patterns = parse_heldout(heldout)
+    for record in records:
+        target = record["target"]
+        record["heldout"] = is_heldout((target["color"], target["shape"], target["direction"]), patterns)
+    sides = {"heldout": [r for r in records if r["heldout"]], "seen": [r for r in records if not r["heldout"]]}
+    return {name: aggregate(group) if group else None for name, group in sides.items()}
+
+
+def build_report(records: Sequence[dict], heldout: str = "") -> dict:
+    """The JSON-able report: overall scores, the same for held-out and seen combinations when
+    `heldout` names them, per (colour, shape, direction) combination (keyed 'red:circle:left'),
+    chance levels, the evaluator's settings and every clip's record."""
     if not records:
         raise ValueError("no clips to evaluate")
     groups: dict[str, list[dict]] = {}
@@ -281,6 +294,7 @@ def build_report(records: Sequence[dict]) -> dict:
         groups.setdefault(Target(**record["target"]).key, []).append(record)
     return {
         "overall": aggregate(records),
+        **({"heldout_combinations": heldout, **split_scores(records, heldout)} if heldout else {}),
         "per_combination": {key: aggregate(group) for key, group in sorted(groups.items())},
         "chance": {"color_accuracy": 1 / len(COLORS), "shape_accuracy": 1 / len(SHAPES),
                    "direction_accuracy": 1 / len(DIRECTIONS)},
@@ -292,9 +306,10 @@ def build_report(records: Sequence[dict]) -> dict:
     }
 
 
-def evaluate_clips(clips, prompts: Sequence[str], progress: bool = True) -> dict:
+def evaluate_clips(clips, prompts: Sequence[str], progress: bool = True, heldout: str = "") -> dict:
     """clips: uint8 or [-1, 1] float (N, T, H, W, 3); prompts: N strings 'a {color} {shape} moving
     {direction}'. Returns `build_report` of every clip; ValueError for a bad clip array or prompt."""
+    parse_heldout(heldout)
     clips = to_unit_range(clips)
     if len(prompts) != len(clips):
         raise ValueError(f"{len(clips)} clips but {len(prompts)} prompts")
@@ -302,4 +317,4 @@ def evaluate_clips(clips, prompts: Sequence[str], progress: bool = True) -> dict
         parse_prompt(prompt)  # every prompt is checked before the slow part
     records = [score_clip(clip, prompt)
                for clip, prompt in tqdm(zip(clips, prompts), total=len(clips), desc="eval", disable=not progress)]
-    return build_report(records)
+    return build_report(records, heldout)

@@ -21,11 +21,12 @@ FRAME_KEYS = ("lowres",)  # conditioning with a frame axis: windowed together wi
 
 
 def clip_model_fn(model, num_frames: int, window: Optional[int], overlap: int,
-                  constrain: Optional[Callable] = None) -> Callable:
+                  constrain: Optional[Callable] = None, image_mode: bool = False) -> Callable:
     """fn(z, logsnr, cond) over a whole clip: directly, or with temporal MultiDiffusion when the
-    model's window is shorter than the clip."""
-    if window is None or window >= num_frames:
-        return lambda z, logsnr, cond: call_model(model, z, logsnr, cond)
+    model's window is shorter than the clip. `image_mode` bypasses the temporal modules, so every
+    frame is denoised on its own (no windows needed)."""
+    if image_mode or window is None or window >= num_frames:
+        return lambda z, logsnr, cond: call_model(model, z, logsnr, cond, image_mode=image_mode)
 
     def window_fn(z, logsnr, frame_cond, example_cond):
         return call_model(model, z, logsnr, {**frame_cond, **example_cond})
@@ -46,14 +47,16 @@ def null_of(cond: dict) -> dict:
 
 
 def generate(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, num_steps: Optional[int] = None,
-             window: Optional[int] = None, overlap: int = 2, constrain: Optional[Callable] = None) -> jax.Array:
-    """Samples clips shaped like `noise` (B, T, H, W, C) in [-1, 1] with config.sample settings."""
+             window: Optional[int] = None, overlap: int = 2, constrain: Optional[Callable] = None,
+             image_mode: bool = False) -> jax.Array:
+    """Samples clips shaped like `noise` (B, T, H, W, C) in [-1, 1] with config.sample settings;
+    `image_mode` generates every frame independently (temporal modules bypassed)."""
     schedule = diffusion.schedule_from_config(config.diffusion)
     parameterization = diffusion.parameterization_from_config(config.diffusion)
     settings = diffusion.sampler_settings_from_config(config.sample)
     if num_steps is not None:
         settings = dataclasses.replace(settings, num_steps=num_steps)
-    model_fn = clip_model_fn(model, noise.shape[1], window, overlap, constrain)
+    model_fn = clip_model_fn(model, noise.shape[1], window, overlap, constrain, image_mode)
     predict = diffusion.classifier_free_guidance(model_fn, cond, null_of(cond), settings.guidance_scale)
     video = diffusion.sample(predict, noise, rng, schedule, settings, parameterization=parameterization)
     return jnp.clip(video, -1.0, 1.0)

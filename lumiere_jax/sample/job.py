@@ -107,7 +107,8 @@ def slug(text: str, index: int) -> str:
 class StageRunner:
     """One jitted sampler per stage, fed batches of prompts placed on the mesh's batch axes."""
 
-    def __init__(self, model, config, frames: int, size: int, window: int, overlap: int, mesh, rules, aug=None):
+    def __init__(self, model, config, frames: int, size: int, window: int, overlap: int, mesh, rules, aug=None,
+                 image_mode: bool = False):
         graphdef, self.state = nnx.split(model)
         self.mesh, self.rules = mesh, rules
         self.frames, self.size, self.aug, self.config = frames, size, aug, config
@@ -128,7 +129,7 @@ class StageRunner:
                 noisy = jax.vmap(lambda r, x, a: diffusion.noise_augment(r, x[None], a)[0][0])(aug_rng, lowres, aug)
                 cond.update(lowres=noisy, aug=aug)
             return generate(model, cond, noise, jax.random.fold_in(keys[0], 2), config, window=window,
-                            overlap=overlap, constrain=constrain)
+                            overlap=overlap, constrain=constrain, image_mode=image_mode)
 
         self.run = jax.jit(run)
 
@@ -173,7 +174,7 @@ def sample(config, workdir) -> dict:
 
     start = time.perf_counter()
     base_runner = StageRunner(base.build(mesh, rules), config, frames, base.config.data.resolution,
-                              train_frames, s.window_overlap, mesh, rules)
+                              train_frames, s.window_overlap, mesh, rules, image_mode=s.image_mode)
     videos = np.zeros((len(prompts), frames, base.config.data.resolution, base.config.data.resolution, 3), np.float32)
     for rows in tqdm(batches, desc="base", disable=jax.process_index() != 0):
         out = base_runner(padded(rows, emb), padded(rows, mask), None, padded(rows, keys))
@@ -200,7 +201,7 @@ def sample(config, workdir) -> dict:
         "settings": {"sampler": s.sampler, "num_steps": s.num_steps, "guidance_scale": s.guidance_scale,
                      "threshold_percentile": s.threshold_percentile, "seed": s.seed, "num_frames": frames,
                      "base_checkpoint": str(base.path), "ssr_checkpoint": str(ssr.path) if ssr else None,
-                     "fps": s.fps},
+                     "fps": s.fps, "image_mode": s.image_mode},
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
     if jax.process_index() == 0:

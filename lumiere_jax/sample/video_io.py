@@ -46,5 +46,23 @@ def contact_sheet(frames: np.ndarray, columns: int = 8) -> np.ndarray:
     return sheet
 
 
+def clips_sheet(clips, scale: int = 1) -> np.ndarray:
+    """uint8 clips [(T, H, W, 3), ...] -> one image, a row of all its frames per clip, each pixel
+    repeated `scale` times (small clips stay visible)."""
+    sheet = np.concatenate([contact_sheet(c, columns=len(c)) for c in clips], axis=0)
+    return sheet.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def tile_videos(clips: np.ndarray, columns: int, scale: int = 1) -> np.ndarray:
+    """uint8 (N, T, H, W, 3) -> (T, rows*H*scale, columns*W*scale, 3): the clips playing side by side
+    (blank tiles pad the last row)."""
+    n, t, h, w, c = clips.shape
+    rows = -(-n // columns)
+    padded = np.zeros((rows * columns, t, h, w, c), np.uint8)
+    padded[:n] = clips
+    grid = padded.reshape(rows, columns, t, h, w, c).transpose(2, 0, 3, 1, 4, 5).reshape(t, rows * h, columns * w, c)
+    return grid.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
 def write_png(path: pathlib.Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path)

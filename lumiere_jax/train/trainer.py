@@ -126,13 +126,13 @@ def make_preview_fn(graphdef, config, batch):
 
 def write_previews(directory: pathlib.Path, videos: np.ndarray, fps: float) -> None:
     """One GIF per sample plus a PNG contact sheet (frames in rows, one row per sample)."""
-    from lumiere_jax.sample.video_io import contact_sheet, to_uint8, write_gif, write_png
+    from lumiere_jax.sample.video_io import clips_sheet, to_uint8, write_gif, write_png
 
     directory.mkdir(parents=True, exist_ok=True)
     frames = [to_uint8(v) for v in videos]
     for i, clip in enumerate(frames):
         write_gif(directory / f"sample_{i}.gif", clip, fps)
-    write_png(directory / "samples.png", np.concatenate([contact_sheet(c, columns=len(c)) for c in frames], axis=0))
+    write_png(directory / "samples.png", clips_sheet(frames))
 
 
 def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
@@ -141,6 +141,7 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
     `batches` defaults to the Grain pipeline of `config.data`; any iterator of global batch dicts
     with get_state()/set_state() can be given instead. Returns a summary of the run.
     """
+    wall_start = time.perf_counter()
     workdir = pathlib.Path(workdir)
     train_cfg = config.train
     mesh = mesh_from_config(config.mesh)
@@ -224,7 +225,8 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
         bar.close()
         preemption.restore()
     summary = {"step": step, "start_step": start, "preempted": preemption.requested, "compile": info,
-               "losses": [m["train/loss"] for m in logged], "last_metrics": last}
+               "losses": [m["train/loss"] for m in logged], "last_metrics": last,
+               "wall_seconds": round(time.perf_counter() - wall_start, 1)}  # this invocation, set-up included
     if jax.process_index() == 0:
         (workdir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

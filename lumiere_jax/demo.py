@@ -1,0 +1,152 @@
+"""`--mode=demo`: the whole system on a laptop CPU in a few minutes (`./demo.sh`, configs/demo.py).
+
+Two halves, so both are seen working:
+  samples   the committed demo checkpoint (config.sample.base_checkpoint) samples every prompt of
+            config.sample (the combinations held out of its training) config.demo.samples_per_prompt
+            times -> DIR/samples/: MP4, GIF, NPZ and a PNG contact sheet per clip, overview.gif (all
+            clips playing side by side, one column per prompt) and overview.png, and the moving-shapes
+            evaluation with held-out and seen scores (eval_report.json);
+  training  config.demo.train_examples synthetic clips (held-out combinations excluded) -> DIR/data/,
+            their captions encoded with config.text's encoder, then config.demo.train_steps steps of
+            the same model from scratch -> DIR/train/ (TensorBoard, checkpoints, train_summary.json),
+            the progress bar showing the loss fall. Following prompts takes ~2,800 steps (the committed
+            checkpoint); a few minutes show the loss falling.
+Everything is summarised in DIR/demo_report.json. Re-running into the same DIR replaces the previous
+demo's outputs; any other non-empty DIR is refused, so the demo never deletes someone else's files.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import pathlib
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from lumiere_jax.evaluation.job import evaluate_samples, summary
+from lumiere_jax.sample.job import load_prompts, sample
+from lumiere_jax.sample.video_io import clips_sheet, tile_videos, write_gif, write_png
+from lumiere_jax.train.trainer import train
+
+REPORT_NAME = "demo_report.json"
+OUTPUTS = ("samples", "data", "train", REPORT_NAME)
+PREVIEW_SCALE = 4  # overview pixels per clip pixel: 32x32 clips are too small to watch as they are
+
+
+def check_demo_config(config) -> None:
+    d = config.demo
+    for key in ("samples_per_prompt", "train_examples", "train_steps", "log_every"):
+        if d[key] < 1:
+            raise ValueError(f"demo.{key}={d[key]} must be >= 1")
+    if d.train_examples < config.data.batch_size:
+        raise ValueError(f"demo.train_examples={d.train_examples} is less than one batch "
+                         f"(data.batch_size={config.data.batch_size})")
+    if not config.data.text_embeddings or config.text.encode_in_step:
+        raise ValueError("the demo trains on precomputed caption embeddings: set data.text_embeddings=True "
+                         "and text.encode_in_step=False")
+
+
+def prepare_workdir(workdir: pathlib.Path) -> None:
+    """Clears a previous demo's outputs; refuses a non-empty directory that is not a demo's."""
+    if workdir.is_dir() and any(workdir.iterdir()):
+        if not (workdir / REPORT_NAME).is_file() and not (workdir / "samples").is_dir():
+            raise FileExistsError(f"--workdir {workdir} is not empty and holds no earlier demo; "
+                                  "choose a new directory")
+        for name in OUTPUTS:
+            path = workdir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+
+
+def read_frames(path) -> np.ndarray:
+    with np.load(path) as data:
+        return data["frames"]
+
+
+def sample_checkpoint(config, directory: pathlib.Path) -> dict:
+    """Samples the prompts with the committed checkpoint, writes the overviews, evaluates the clips."""
+    prompts = load_prompts(config.sample)
+    cfg = copy.deepcopy(config)
+    cfg.sample.prompts_file = ""
+    cfg.sample.prompts = prompts * config.demo.samples_per_prompt  # row r of the overview: the r-th draw
+    report = sample(cfg, directory)
+    clips = np.stack([read_frames(record["npz"]) for record in report["samples"]])
+    write_gif(directory / "overview.gif", tile_videos(clips, len(prompts), PREVIEW_SCALE), config.sample.fps)
+    write_png(directory / "overview.png", clips_sheet(clips, PREVIEW_SCALE // 2))
+    evaluation = evaluate_samples(directory, heldout=config.eval.heldout)
+    print(summary(evaluation), file=sys.stderr)
+    return {"prompts": prompts, "clips": len(clips), "timings": report["timings"],
+            "scores": {k: evaluation[k] for k in ("overall", "heldout", "seen") if evaluation.get(k)}}
+
+
+def make_training_data(config, directory: pathlib.Path) -> None:
+    """Synthetic clips of the demo's domain and their caption embeddings, written by the project's
+    own offline jobs (data_pipelines.synthetic, data_pipelines.encode_captions)."""
+    from data_pipelines import encode_captions, synthetic
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the jobs' summaries are in their JSON files
+        status = synthetic.main([
+            "--output_dir", str(directory), "--num_examples", str(config.demo.train_examples),
+            "--num_frames", str(config.data.num_frames), "--sizes", str(config.data.resolution),
+            "--heldout", config.eval.heldout, "--seed", str(config.seed), "--num_shards", "2", "--workers", "1"])
+        if status:
+            raise RuntimeError(f"data_pipelines.synthetic failed (exit {status}); see {directory}")
+        encode_captions.main(["--input", str(directory / "*.jsonl"), "--batch_size", "64"]
+                             + [f"--{key}={config.text[key]}" for key in encode_captions.TEXT_OPTIONS])
+
+
+def train_from_scratch(config, workdir: pathlib.Path) -> dict:
+    """config.demo.train_steps steps of the demo model on freshly generated data."""
+    make_training_data(config, workdir / "data")
+    cfg = copy.deepcopy(config)
+    steps = config.demo.train_steps
+    cfg.data.sources = [{"glob": str(workdir / "data" / "*.array_record"), "weight": 1.0, "kind": "video"}]
+    cfg.train.update(num_steps=steps, log_every=config.demo.log_every, checkpoint_every=steps, sample_every=0,
+                     init_from="", warmup_steps=min(config.train.warmup_steps, max(1, steps // 5)))
+    return train(cfg, workdir / "train")
+
+
+def run_demo(config, workdir) -> dict:
+    """Runs both halves; returns (and writes) the demo report."""
+    workdir = pathlib.Path(workdir)
+    check_demo_config(config)
+    load_prompts(config.sample)  # no prompts: fail before anything is written
+    prepare_workdir(workdir)
+    start = time.perf_counter()
+    print("== 1/2: sampling held-out prompts with the committed checkpoint", file=sys.stderr)
+    samples = sample_checkpoint(config, workdir / "samples")
+    sample_seconds = time.perf_counter() - start
+    print(f"== 2/2: training the same model from scratch for {config.demo.train_steps} steps", file=sys.stderr)
+    trained = train_from_scratch(config, workdir)
+    losses = trained["losses"]
+    report = {
+        "samples": dict(samples, directory=str(workdir / "samples"), seconds=round(sample_seconds, 1)),
+        "training": {"directory": str(workdir / "train"), "steps": trained["step"], "losses": losses,
+                     "first_loss": losses[0], "last_loss": losses[-1], "wall_seconds": trained["wall_seconds"]},
+        "total_seconds": round(time.perf_counter() - start, 1),
+    }
+    (workdir / REPORT_NAME).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def describe(report: dict, workdir) -> str:
+    """What was made and where, for the terminal."""
+    workdir = pathlib.Path(workdir)
+    s, t = report["samples"], report["training"]
+    held = s["scores"].get("heldout") or s["scores"]["overall"]
+    return "\n".join([
+        f"samples ({s['clips']} clips of {len(s['prompts'])} prompts not seen in training): {s['directory']}/",
+        f"  overview.gif (one column per prompt: {'; '.join(s['prompts'])}), overview.png, NNN_prompt.mp4/.gif/.png",
+        (f"  held-out scores: colour {held['color_accuracy']:.0%}, direction {held['direction_accuracy']:.0%}, "
+         f"presence {held['presence_rate']:.0%} (eval_report.json)"),
+        (f"training from scratch: loss {t['first_loss']:.3f} -> {t['last_loss']:.3f} in {t['steps']} steps: "
+         f"{t['directory']}/ (tensorboard --logdir {t['directory']}/tensorboard)"),
+        f"report: {workdir / REPORT_NAME}",
+    ])
