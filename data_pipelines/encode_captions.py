@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lumiere_jax.config import base_config
-from lumiere_jax.parallel import batch_sharding, logical_axis_rules, make_mesh
+from lumiere_jax.parallel import batch_shard_count, logical_axis_rules, make_mesh
 from lumiere_jax.text.checkpoint import count_parameters
 from lumiere_jax.text.embedding_store import EmbeddingShardWriter, shard_directory
 from lumiere_jax.text.encoder import encoder_config, load_text_encoder, load_tokenizer, make_encode_fn
@@ -109,13 +109,6 @@ def read_captions(path: str, skipped: collections.Counter) -> tuple[list, list[s
     return ids, captions
 
 
-def batch_multiple(mesh, rules) -> int:
-    """How many ways the batch axis is split over the mesh (the batch size must divide by it)."""
-    axes = batch_sharding(mesh, rules, 2).spec[0]
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
-    return int(np.prod([mesh.shape[a] for a in axes]))
-
-
 def encode_shard(ids, captions, writer: EmbeddingShardWriter, tokenizer, encode, batch_size: int, progress) -> int:
     """Encodes one shard batch by batch; returns how many captions were truncated.
 
@@ -184,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     text.update({key: getattr(args, key) for key in TEXT_OPTIONS})
     rules = logical_axis_rules(None)
     mesh = make_mesh(parse_mesh(args.mesh), devices=jax.local_devices())
-    multiple = batch_multiple(mesh, rules)
+    multiple = batch_shard_count(mesh, rules)
     if args.batch_size < 1 or args.batch_size % multiple:
         raise ValueError(
             f"--batch_size {args.batch_size} must be a positive multiple of {multiple} (batch shards of --mesh)"

@@ -1,0 +1,122 @@
+"""The CPU demo: the committed checkpoint follows prompts held out of its training (with its
+provenance complete), and `--mode=demo` runs end to end with reduced step counts."""
+import json
+import os
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import demo
+from data_pipelines.synthetic import caption, parse_heldout
+from lumiere_jax.demo import REPORT_NAME, prepare_workdir
+from lumiere_jax.evaluation import evaluate_samples
+from lumiere_jax.sample.job import sample
+
+TARGETS = {"color_accuracy": 0.9, "direction_accuracy": 0.8, "presence_rate": 0.95}
+HELDOUT_PROMPTS = [caption(*combo) for combo in parse_heldout(demo.HELDOUT)]
+MAX_CHECKPOINT_BYTES = 20 * 2**20
+
+
+def demo_config(repo_root):
+    """configs/demo.py with its repository-relative paths made absolute (tests may run anywhere)."""
+    config = demo.get_config()
+    config.sample.base_checkpoint = str(repo_root / config.sample.base_checkpoint)
+    config.text.vocabulary = str(repo_root / config.text.vocabulary)
+    return config
+
+
+def test_checkpoint_is_shipped_with_what_sampling_needs(repo_root):
+    directory = repo_root / "demo" / "checkpoint"
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= MAX_CHECKPOINT_BYTES
+    assert {"config.json", "vocab.model", "provenance.json"} <= {p.name for p in files}
+    assert (directory / "params").is_dir()
+    exported = json.loads((directory / "config.json").read_text())
+    config = demo.get_config()
+    assert exported["model"] == json.loads(config.model.to_json())  # configs/demo.py builds this checkpoint
+    assert exported["text"] == json.loads(config.text.to_json())
+
+
+def test_provenance_records_the_run_and_its_scores(repo_root):
+    card = json.loads((repo_root / "demo" / "checkpoint" / "provenance.json").read_text())
+    assert "--mode=train" in card["train_command"] and "configs/demo.py" in card["train_command"]
+    assert card["steps"] == demo.get_config().train.num_steps
+    assert card["wall_seconds"] > 0 and np.isfinite(card["final_loss"]) and card["hardware"]["cpu_cores"] >= 1
+    assert card["heldout_combinations"] == demo.HELDOUT and card["targets_on_heldout"] == TARGETS
+    held = card["scores"]["stunet"]["heldout"]
+    framewise = card["scores"]["framewise_temporal_bypassed"]["heldout"]
+    assert held["num_clips"] == framewise["num_clips"] == 48
+    # The space-time model moves its objects smoothly; frames generated independently make them jump.
+    assert held["trajectory_jitter"] < framewise["trajectory_jitter"] / 4
+    assert held["presence_rate"] >= TARGETS["presence_rate"]
+
+
+def test_committed_checkpoint_draws_heldout_prompts_in_colour(repo_root, tmp_path):
+    """Samples every held-out combination twice (few DDIM steps): the object is there in the
+    prompt's colour. Direction (target 0.8) is not asserted: this checkpoint has not learned it
+    (chance level in provenance.json; issue 8 stays open on it)."""
+    config = demo_config(repo_root)
+    config.sample.prompts = HELDOUT_PROMPTS * 2
+    config.sample.num_steps = 16
+    sample(config, tmp_path)
+    report = evaluate_samples(tmp_path, progress=False, heldout=demo.HELDOUT)
+    held = report["heldout"]
+    assert held["num_clips"] == 12 and report["seen"] is None
+    for metric in ("color_accuracy", "presence_rate"):
+        assert held[metric] >= TARGETS[metric], (metric, report["per_combination"])
+
+
+def test_prepare_workdir_replaces_a_demo_and_refuses_anything_else(tmp_path):
+    previous = tmp_path / "previous"
+    (previous / "samples").mkdir(parents=True)
+    (previous / "train" / "checkpoints").mkdir(parents=True)
+    (previous / REPORT_NAME).write_text("{}")
+    (previous / "notes.txt").write_text("mine")
+    prepare_workdir(previous)
+    assert sorted(p.name for p in previous.iterdir()) == ["notes.txt"]
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="not empty and holds no earlier demo"):
+        prepare_workdir(other)
+    assert (other / "checkpoints").is_dir()
+    prepare_workdir(tmp_path / "new")
+    assert (tmp_path / "new").is_dir()
+
+
+def run_demo(repo_root, workdir, *overrides):
+    return subprocess.run(
+        [sys.executable, "-m", "lumiere_jax.main", "--config=configs/demo.py", f"--workdir={workdir}", "--mode=demo",
+         *overrides], cwd=repo_root, env=dict(os.environ), capture_output=True, text=True, timeout=900)
+
+
+def test_demo_mode_end_to_end(repo_root, tmp_path):
+    workdir = tmp_path / "demo"
+    proc = run_demo(repo_root, workdir, "--config.demo.samples_per_prompt=1", "--config.sample.num_steps=2",
+                    "--config.demo.train_examples=32", "--config.demo.train_steps=6", "--config.demo.log_every=2",
+                    "--config.data.batch_size=8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    samples = workdir / "samples"
+    mp4s = sorted(samples.glob("*.mp4"))
+    assert len(mp4s) == 6 and len(list(samples.glob("*.gif"))) == 7  # one per clip + overview.gif
+    with av.open(str(mp4s[0])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 16
+    with Image.open(samples / "overview.gif") as gif:
+        assert gif.size == (6 * 32 * 4, 32 * 4) and gif.n_frames == 16
+    evaluation = json.loads((samples / "eval_report.json").read_text())
+    assert evaluation["heldout"]["num_clips"] == 6 and evaluation["seen"] is None
+    report = json.loads((workdir / REPORT_NAME).read_text())
+    assert report["samples"]["prompts"] == HELDOUT_PROMPTS
+    assert report["training"]["steps"] == 6 and len(report["training"]["losses"]) == 3
+    assert (workdir / "train" / "checkpoints").is_dir() and list((workdir / "train" / "tensorboard").iterdir())
+    assert len(list((workdir / "data").glob("*.array_record"))) == 2 and list((workdir / "data").glob("*.t5"))
+    assert "loss=" in proc.stderr  # the progress bar shows the loss
+    for line in ("overview.gif", "held-out scores", "training from scratch: loss", str(workdir / REPORT_NAME)):
+        assert line in proc.stdout
+    # A bad demo value fails before anything is written or removed.
+    proc = run_demo(repo_root, workdir, "--config.demo.train_steps=0")
+    assert proc.returncode == 2 and "demo.train_steps=0 must be >= 1" in proc.stderr
+    assert (workdir / REPORT_NAME).is_file()
