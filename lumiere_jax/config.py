@@ -79,7 +79,7 @@ def demo_config() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
     d.samples_per_prompt = 2  # each sample prompt is sampled this many times (different noise)
     d.train_examples = 256  # synthetic clips generated for the from-scratch training
-    d.train_steps = 60  # from-scratch training steps (the loss falls; prompt-following needs ~2,800)
+    d.train_steps = 60  # from-scratch training steps (the loss falls; the committed checkpoint took 2,800)
     d.log_every = 5  # progress-bar loss updates
     return d
 

@@ -63,3 +63,20 @@ def test_missing_fields_and_encoder_are_named(setup):
         text_conditioning({"text_tokens": tokens}, text_config(True))
     with pytest.raises(ValueError, match=r"must be \[B, L, D\] and \[B, L\]"):
         text_conditioning({"text_embeddings": jnp.zeros((3, 10, 4)), "text_mask": jnp.ones((3, 9))}, text_config(False))
+
+
+def test_encode_fn_takes_any_number_of_rows():
+    """Rows that do not split over the mesh's 8 batch shards are padded and dropped again."""
+    from lumiere_jax.parallel import logical_axis_rules, make_mesh
+    from lumiere_jax.text.encoder import load_text_encoder, make_encode_fn
+
+    text = base_config().text
+    text.update(encoder="tiny", checkpoint_format="seed", dtype="float32")
+    rules = logical_axis_rules(None)
+    mesh = make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+    encode = make_encode_fn(load_text_encoder(text, mesh, rules), mesh, rules, out_dtype=jnp.float32)
+    tokens = np.random.default_rng(0).integers(2, 100, (8, 6)).astype(np.int32)
+    mask = np.ones((8, 6), bool)
+    six = np.asarray(encode(tokens[:6], mask[:6]))
+    assert six.shape[0] == 6
+    np.testing.assert_allclose(six, np.asarray(encode(tokens, mask))[:6], atol=1e-6)

@@ -93,9 +93,7 @@ def text_embeddings(config, prompts: list[str], text_dim: int, mesh, rules) -> t
 
         encoder = load_text_encoder(config.text, mesh, rules)
         tokens = load_tokenizer(config.text, encoder.config.vocab_size)(prompts)
-        pad = ((0, -len(prompts) % batch_shard_count(mesh, rules)), (0, 0))  # rows split evenly over the mesh
-        encode = make_encode_fn(encoder, mesh, rules)
-        emb = np.asarray(encode(np.pad(tokens.tokens, pad), np.pad(tokens.mask, pad)), np.float32)[: len(prompts)]
+        emb = np.asarray(make_encode_fn(encoder, mesh, rules)(tokens.tokens, tokens.mask), np.float32)
         mask = np.asarray(tokens.mask, bool)
     if emb.shape[-1] != text_dim:
         raise ValueError(f"text embeddings are {emb.shape[-1]} wide but the models expect {text_dim}")

@@ -7,11 +7,12 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
 from lumiere_jax.models.t5 import T5Config, T5Encoder, t5_config
-from lumiere_jax.parallel import batch_sharding, create_sharded, logical_axis_rules
+from lumiere_jax.parallel import batch_shard_count, batch_sharding, create_sharded, logical_axis_rules
 from lumiere_jax.text.hf_checkpoint import load_hf_encoder
 from lumiere_jax.text.t5x_checkpoint import load_t5x_encoder
 from lumiere_jax.text.tokenizer import T5Tokenizer
@@ -69,18 +70,24 @@ def make_encode_fn(
     """`encode(tokens [B, L], mask [B, L]) -> embeddings [B, L, D]`, batch split over the mesh.
 
     The encoder state is an argument of the jitted function (not a closure constant), so the
-    compiled program stays small and the weights stay where the loader sharded them. B must be
-    a multiple of the mesh's batch-sharding factor.
+    compiled program stays small and the weights stay where the loader sharded them. Any B works:
+    rows are padded to a multiple of the mesh's batch shards and the padding dropped again (callers
+    that want one compiled shape pass fixed-size batches).
     """
     graphdef, state = nnx.split(encoder)
     rules = logical_axis_rules(rules)
     in_sharding = batch_sharding(mesh, rules, 2)
+    shards = batch_shard_count(mesh, rules)
 
     @functools.partial(jax.jit, out_shardings=batch_sharding(mesh, rules, 3))
     def run(state, tokens, mask):
         return nnx.merge(graphdef, state)(tokens, mask).astype(out_dtype)
 
     def encode(tokens, mask):
-        return run(state, jax.device_put(tokens, in_sharding), jax.device_put(mask, in_sharding))
+        rows = len(tokens)
+        pad = ((0, -rows % shards), (0, 0))
+        put = lambda a: jax.device_put(np.pad(np.asarray(a), pad), in_sharding)  # noqa: E731
+        out = run(state, put(tokens), put(mask))
+        return out if pad[0][1] == 0 else out[:rows]
 
     return encode
