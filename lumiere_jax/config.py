@@ -30,6 +30,12 @@ def model_config() -> ml_collections.ConfigDict:
     m.temporal.attention_depth = 2  # temporal self-attention layers at the coarsest level
     m.temporal.attention_head_dim = 64
     m.temporal.max_relative_distance = 32  # relative-position bias is clipped beyond this
+    # Two text-to-motion paths the paper does not have (off by default; models/temporal.py):
+    # frame_embedding: each frame's place in the clip, read together with the pooled caption, joins that
+    # frame's noise embedding (FrameEmbedding); conditioned_convs: the temporal conv blocks take the
+    # per-frame embedding as scale/shift, like the spatial res blocks.
+    m.temporal.frame_embedding = False
+    m.temporal.conditioned_convs = False
     return m
 
 

@@ -9,8 +9,8 @@ Two halves, so both are seen working:
   training  config.demo.train_examples synthetic clips (held-out combinations excluded) -> DIR/data/,
             their captions encoded with config.text's encoder, then config.demo.train_steps steps of
             the same model from scratch -> DIR/train/ (TensorBoard, checkpoints, train_summary.json),
-            the progress bar showing the loss fall. A few minutes show the loss falling; colour and
-            smooth motion took the committed checkpoint's 2,800 steps (the direction word more).
+            the progress bar showing the loss fall. A few minutes show the loss falling; following the
+            prompts took the committed checkpoint's 2,800 steps (the direction word last).
 Everything is summarised in DIR/demo_report.json. Re-running into the same DIR replaces the previous
 demo's outputs; any other non-empty DIR is refused, so the demo never deletes someone else's files.
 """

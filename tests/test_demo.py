@@ -52,22 +52,24 @@ def test_provenance_records_the_run_and_its_scores(repo_root):
     assert held["num_clips"] == framewise["num_clips"] == 48
     # The space-time model moves its objects smoothly; frames generated independently make them jump.
     assert held["trajectory_jitter"] < framewise["trajectory_jitter"] / 4
-    assert held["presence_rate"] >= TARGETS["presence_rate"]
+    for metric, target in TARGETS.items():
+        assert held[metric] >= target, metric
+    # ... and only the space-time model follows the direction word (chance is 25%).
+    assert framewise["direction_accuracy"] < 0.5
 
 
-def test_committed_checkpoint_draws_heldout_prompts_in_colour(repo_root, tmp_path):
-    """Samples every held-out combination twice (few DDIM steps): the object is there in the
-    prompt's colour. Direction (target 0.8) is not asserted: this checkpoint has not learned it
-    (chance level in provenance.json; issue 8 stays open on it)."""
+def test_committed_checkpoint_follows_heldout_prompts(repo_root, tmp_path):
+    """Samples every held-out combination 8 times with the demo's own sampler settings (the
+    protocol of provenance.json): the object is there, in the prompt's colour, moving the way the
+    prompt says, although no training clip showed that combination."""
     config = demo_config(repo_root)
-    config.sample.prompts = HELDOUT_PROMPTS * 2
-    config.sample.num_steps = 16
+    config.sample.prompts = HELDOUT_PROMPTS * 8
     sample(config, tmp_path)
     report = evaluate_samples(tmp_path, progress=False, heldout=demo.HELDOUT)
     held = report["heldout"]
-    assert held["num_clips"] == 12 and report["seen"] is None
-    for metric in ("color_accuracy", "presence_rate"):
-        assert held[metric] >= TARGETS[metric], (metric, report["per_combination"])
+    assert held["num_clips"] == 48 and report["seen"] is None
+    for metric, target in TARGETS.items():
+        assert held[metric] >= target, (metric, report["per_combination"])
 
 
 def test_prepare_workdir_replaces_a_demo_and_refuses_anything_else(tmp_path):

@@ -90,6 +90,76 @@ def test_temporal_modules_see_time(stunet, inputs):
     assert float(jnp.abs(out2[:, 0] - out[:, 0]).max()) > 1e-4
 
 
+@pytest.fixture(scope="module")
+def text_in_time(config, t2i):
+    """The STUNet with both text-to-motion options on (frame embedding, conditioned temporal convs),
+    inflated from the same T2I."""
+    model_cfg = config.model.copy_and_resolve_references()
+    model_cfg.temporal.frame_embedding = True
+    model_cfg.temporal.conditioned_convs = True
+    model = build_unet(model_cfg, seed=2)
+    param_groups.load_spatial(model, nnx.state(t2i, nnx.Param))
+    return model
+
+
+def test_text_in_time_is_identity_at_init_and_temporal_parameters(t2i, text_in_time, inputs):
+    video, logsnr, text, mask = inputs
+    static = jnp.broadcast_to(video[:, :1], video.shape)
+    per_frame = forward(t2i, video[:, :1], logsnr, text, mask)
+    np.testing.assert_allclose(forward(text_in_time, static, logsnr, text, mask),
+                               jnp.broadcast_to(per_frame, static.shape), atol=1e-5, rtol=1e-5)
+    paths = {"/".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(text_in_time, param_groups.TEMPORAL))}
+    assert any(p.startswith("temporal_frame_embedding/") for p in paths)
+    assert any("temporal_convs" in p and "/emb_proj/" in p for p in paths)
+
+
+def test_frame_embedding_reads_place_in_clip_and_caption(text_in_time, inputs):
+    """Trained off its init, identical frames of a static clip get different outputs by where they
+    sit in the clip and by what the caption says; image mode (frames made independently) ignores it."""
+    video, logsnr, text, mask = inputs
+    model = nnx.clone(text_in_time)
+    module = model.temporal_frame_embedding
+    state = nnx.state(module, nnx.Param)
+    keys = jax.random.split(jax.random.key(5), len(jax.tree.leaves(state)))
+    leaves, treedef = jax.tree.flatten(state)
+    nnx.update(module, jax.tree.unflatten(treedef, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]))
+    static = jnp.broadcast_to(video[:1, :1], (B, T, H, H, 3))
+    same = (logsnr[:1].repeat(B), text[:1].repeat(B, 0), mask[:1].repeat(B, 0))
+    out = forward(model, static, *same)
+    assert float(jnp.abs(out[:, 0] - out[:, -1]).max()) > 1e-3
+    np.testing.assert_allclose(out[0], out[1], atol=1e-5)  # folded batch-major: each clip gets its own positions
+    # The embedding is not position + caption but a function of both: how it changes from frame to
+    # frame depends on the caption (what a direction word needs).
+    embedded = module(jax.random.normal(jax.random.key(6), (2, model.text_proj.out_features)), T)
+    step = embedded[:, 1:] - embedded[:, :-1]
+    assert float(jnp.abs(step[0] - step[1]).max()) > 1e-3
+    framewise = forward(model, static, *same, image_mode=True)
+    np.testing.assert_allclose(framewise, forward(text_in_time, static, *same, image_mode=True), atol=1e-6)
+    np.testing.assert_allclose(framewise[:, 0], framewise[:, -1], atol=1e-5)
+
+
+def test_conditioned_temporal_convs_follow_the_caption():
+    """The block's temporal filtering depends on the embedding it is given, frame by frame."""
+    block = TemporalConvBlock(8, 3, 4, nnx.Rngs(0), emb_dim=6)
+    block.conv2.kernel[...] = 0.1 * jax.random.normal(jax.random.key(1), block.conv2.kernel.shape)
+    x = jax.random.normal(jax.random.key(2), (2, 5, 3, 3, 8))
+    emb = jax.random.normal(jax.random.key(3), (2, 5, 6))
+    out = block(x, emb)
+    changed = block(x, emb.at[1, 4].add(1.0))
+    np.testing.assert_allclose(changed[0], out[0], atol=1e-6)  # other clips untouched
+    frame_change = jnp.abs(changed[1] - out[1]).max(axis=(1, 2, 3))
+    assert float(frame_change[4]) > 1e-3 and float(frame_change[:3].max()) < 1e-6  # kernel 3: frames 3, 4 only
+    assert TemporalConvBlock(8, 3, 4, nnx.Rngs(0)).emb_proj is None  # the paper's block takes no embedding
+
+
+def test_exports_older_than_the_text_in_time_options_still_load(config):
+    old = config.model.copy_and_resolve_references()
+    del old.temporal["frame_embedding"], old.temporal["conditioned_convs"]
+    cfg = UNetConfig.from_config(old)
+    assert cfg.temporal_frame_embedding is False and cfg.temporal_conditioned_convs is False
+    assert not config.model.temporal.frame_embedding and not config.model.temporal.conditioned_convs  # paper default
+
+
 def test_temporal_down_and_upsampling_are_exact_at_init():
     x = jax.random.normal(jax.random.key(3), (2, 10, 4, 4, 8))
     down = TemporalDownsample(8, 3, nnx.Rngs(0))
@@ -185,7 +255,9 @@ def test_conditioning_channels_are_zero_initialised(config, t2i, inputs):
         model(video, logsnr, text, mask)
 
 
-def test_sharded_forward_equals_single_device(config, stunet, inputs):
+@pytest.mark.parametrize("which", ["stunet", "text_in_time"])
+def test_sharded_forward_equals_single_device(request, which, inputs):
+    stunet = request.getfixturevalue(which)
     video, logsnr, text, mask = inputs
     ref = forward(stunet, video, logsnr, text, mask)
     mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})

@@ -76,6 +76,11 @@ def noise_level_features(logsnr: jax.Array, dim: int) -> jax.Array:
     noise level whatever schedule shift a model was trained with.
     """
     t = (2.0 / math.pi) * jnp.arctan(jnp.exp(-0.5 * logsnr.astype(jnp.float32)))
+    return sinusoidal_features(t, dim)
+
+
+def sinusoidal_features(t: jax.Array, dim: int) -> jax.Array:
+    """Transformer-style sin/cos features of values t in [0, 1], (N,) -> (N, dim)."""
     half = dim // 2
     freqs = jnp.exp(-math.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
     angles = (1000.0 * t)[:, None] * freqs[None, :]

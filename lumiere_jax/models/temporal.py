@@ -6,12 +6,14 @@ duplication of the temporal down/upsampling). All work on videos laid out (B, T,
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from lumiere_jax.models.attention import attention
-from lumiere_jax.models.layers import GroupNorm, LayerNorm, conv, default_kernel, dense, zeros
+from lumiere_jax.models.layers import GroupNorm, LayerNorm, conv, default_kernel, dense, sinusoidal_features, zeros
 from lumiere_jax.parallel import axes
 from lumiere_jax.parallel.axes import partitioned
 
@@ -36,19 +38,28 @@ def temporal_conv(channels, kernel, rngs, *, dtype, kernel_init, strides=1, out_
 class TemporalConvBlock(nnx.Module):
     """The temporal half of a factorized space-time conv block: a residual 1-D conv stack over time.
 
-    The output conv is zero-initialised, so the block is the identity at init.
+    The output conv is zero-initialised, so the block is the identity at init. With `emb_dim` the
+    hidden activations take a scale/shift from the per-frame embedding (noise level, pooled text,
+    frame embedding), as the spatial res blocks do: what a temporal filter should carry from frame
+    to frame then depends on the caption ("moving left") and on how noisy the clip still is.
     """
 
-    def __init__(self, channels: int, kernel: int, groups: int, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, channels: int, kernel: int, groups: int, rngs: nnx.Rngs, dtype=jnp.float32,
+                 emb_dim: Optional[int] = None):
         self.norm1 = GroupNorm(channels, groups, rngs, dtype)
         self.conv1 = temporal_conv(channels, kernel, rngs, dtype=dtype, kernel_init=default_kernel)
         self.norm2 = GroupNorm(channels, groups, rngs, dtype)
+        self.emb_proj = dense(emb_dim, 2 * channels, rngs, dtype=dtype) if emb_dim else None
         self.conv2 = temporal_conv(channels, kernel, rngs, dtype=dtype, kernel_init=zeros,
                                    in_axis=axes.MLP, out_axis=axes.EMBED)
 
-    def __call__(self, x):
-        h = self.conv1(jax.nn.silu(self.norm1(x)))
-        return x + self.conv2(jax.nn.silu(self.norm2(h)))
+    def __call__(self, x, emb=None):
+        """x (B, T, H, W, C); emb (B, T, emb_dim), used when the block was built with `emb_dim`."""
+        h = self.norm2(self.conv1(jax.nn.silu(self.norm1(x))))
+        if self.emb_proj is not None:
+            scale, shift = jnp.split(self.emb_proj(jax.nn.silu(emb))[:, :, None, None, :], 2, axis=-1)
+            h = h * (1 + scale) + shift
+        return x + self.conv2(jax.nn.silu(h))
 
 
 class TemporalDownsample(nnx.Module):
@@ -120,3 +131,30 @@ class TemporalAttention(nnx.Module):
         tokens = tokens + self.out(out.reshape(b * h * w, t, c))
         tokens = tokens + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(tokens))))
         return jnp.transpose(tokens.reshape(b, h, w, t, c), (0, 3, 1, 2, 4))
+
+
+class FrameEmbedding(nnx.Module):
+    """Each frame's place in the clip, read together with the pooled caption: a per-frame term of
+    the embedding that modulates the res blocks (and conditioned temporal convs) of that frame.
+
+    The temporal convs and the relative-position attention are translation-invariant in time, so
+    without it a frame can only learn where it sits from the zero padding at the clip's ends. A
+    caption's direction of motion is a statement about where the object is early versus late in
+    the clip, i.e. about (position in clip) x (words); the hidden layer sees both, so that product
+    is one layer away instead of having to emerge deep inside the U-Net. Positions are normalised,
+    (i + 0.5) / T, so a temporally downsampled level sees the centres of the frames it pools. The
+    output layer is zero-initialised: the inflated STUNet still equals the T2I U-Net per frame at init.
+    """
+
+    def __init__(self, channels: int, text_channels: int, emb_dim: int, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.channels = channels
+        self.position = dense(channels, emb_dim, rngs, dtype=dtype)
+        self.text = dense(text_channels, emb_dim, rngs, dtype=dtype, in_axis=None)
+        self.out = dense(emb_dim, emb_dim, rngs, dtype=dtype, kernel_init=zeros, in_axis=axes.MLP, out_axis=axes.EMBED)
+
+    def __call__(self, pooled_text: jax.Array, frames: int) -> jax.Array:
+        """pooled_text (B, text_channels) -> (B, frames, emb_dim)."""
+        position = (jnp.arange(frames, dtype=jnp.float32) + 0.5) / frames
+        features = sinusoidal_features(position, self.channels).astype(self.position.dtype)
+        hidden = self.position(features)[None] + self.text(pooled_text)[:, None]
+        return self.out(jax.nn.silu(hidden))

@@ -26,7 +26,9 @@ from lumiere_jax.models.attention import check_implementation
 from lumiere_jax.models.layers import (
     Downsample, GroupNorm, LayerNorm, NoiseEmbedding, ResBlock, SpatialAttention, Upsample, conv, dense, zeros,
 )
-from lumiere_jax.models.temporal import TemporalAttention, TemporalConvBlock, TemporalDownsample, TemporalUpsample
+from lumiere_jax.models.temporal import (
+    FrameEmbedding, TemporalAttention, TemporalConvBlock, TemporalDownsample, TemporalUpsample,
+)
 from lumiere_jax.parallel import axes
 from lumiere_jax.parallel.sharding import create_sharded
 
@@ -63,6 +65,8 @@ class UNetConfig:
     temporal_attention_depth: int = 2
     temporal_attention_head_dim: int = 64
     temporal_max_relative_distance: int = 32
+    temporal_frame_embedding: bool = False
+    temporal_conditioned_convs: bool = False
 
     @classmethod
     def from_config(cls, model) -> "UNetConfig":
@@ -79,6 +83,9 @@ class UNetConfig:
             temporal_downsample_levels=tuple(t.downsample_levels), temporal_conv_kernel=t.conv_kernel,
             temporal_attention_depth=t.attention_depth, temporal_attention_head_dim=t.attention_head_dim,
             temporal_max_relative_distance=t.max_relative_distance,
+            # exports written before these options existed lack the keys
+            temporal_frame_embedding=bool(t.get("frame_embedding", False)),
+            temporal_conditioned_convs=bool(t.get("conditioned_convs", False)),
         )
 
     def __post_init__(self):
@@ -183,8 +190,9 @@ class Level(nnx.Module):
             SpatialAttention(out_ch, text_ch, cfg.head_dim, cfg.norm_groups, rngs, dt, cfg.attention_impl)
             for _ in in_chs
         ]) if attend else None
+        conv_emb = emb_dim if cfg.temporal_conditioned_convs else None
         self.temporal_convs = nnx.List([
-            TemporalConvBlock(out_ch, cfg.temporal_conv_kernel, cfg.norm_groups, rngs, dt) for _ in in_chs
+            TemporalConvBlock(out_ch, cfg.temporal_conv_kernel, cfg.norm_groups, rngs, dt, conv_emb) for _ in in_chs
         ]) if temporal else None
 
 
@@ -252,6 +260,8 @@ class UNet(nnx.Module):
                                   rngs, dt, cfg.attention_impl)
                 for _ in range(cfg.temporal_attention_depth)
             ])
+            self.temporal_frame_embedding = FrameEmbedding(cfg.base_channels, text_ch, emb_dim, rngs, dt) \
+                if cfg.temporal_frame_embedding else None
 
     # -- helpers -------------------------------------------------------------------------------
     def _check_inputs(self, x, logsnr, text, text_mask, image_mode, aug_logsnr):
@@ -286,9 +296,10 @@ class UNet(nnx.Module):
         run = jax.checkpoint(lambda s, *a: nnx.merge(graphdef, s)(*a), policy=REMAT_POLICIES[self.cfg.remat])
         return run(state, *args)
 
-    def _temporal(self, module, h, batch):
+    def _temporal(self, module, h, batch, *args):
         """Applies a video module to frames folded into the batch; returns (h, frames)."""
-        video = self._run(module, h.reshape(batch, -1, *h.shape[1:]))
+        unfold = lambda a: a.reshape(batch, -1, *a.shape[1:])  # noqa: E731
+        video = self._run(module, unfold(h), *map(unfold, args))
         return video.reshape(-1, *video.shape[2:]), video.shape[1]
 
     def _level(self, level: Level, h, emb, text, mask, skips, batch, temporal, pop: bool):
@@ -297,7 +308,7 @@ class UNet(nnx.Module):
             if level.attns is not None:
                 h = self._run(level.attns[i], h, text, mask)
             if temporal and level.temporal_convs is not None:
-                h, _ = self._temporal(level.temporal_convs[i], h, batch)
+                h, _ = self._temporal(level.temporal_convs[i], h, batch, emb)
             if not pop:
                 skips.append(h)
         return h
@@ -332,7 +343,10 @@ class UNet(nnx.Module):
         def conditioning(n_frames):
             if n_frames not in per_frame:
                 rep = lambda a: jnp.repeat(a, n_frames, axis=0)  # noqa: E731
-                per_frame[n_frames] = (rep(emb), rep(text_tokens), rep(text_mask))
+                frame_emb = rep(emb)
+                if temporal and self.temporal_frame_embedding is not None:  # frames are folded batch-major
+                    frame_emb = frame_emb + self.temporal_frame_embedding(pooled, n_frames).reshape(frame_emb.shape)
+                per_frame[n_frames] = (frame_emb, rep(text_tokens), rep(text_mask))
             return per_frame[n_frames]
 
         x = x.astype(dt)
