@@ -16,7 +16,7 @@ from lumiere_jax.demo import REPORT_NAME, prepare_workdir
 from lumiere_jax.evaluation import evaluate_samples
 from lumiere_jax.sample.job import sample
 
-TARGETS = {"color_accuracy": 0.9, "direction_accuracy": 0.8, "presence_rate": 0.95}
+TARGETS = demo.TARGETS
 HELDOUT_PROMPTS = [caption(*combo) for combo in parse_heldout(demo.HELDOUT)]
 MAX_CHECKPOINT_BYTES = 20 * 2**20
 

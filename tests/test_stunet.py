@@ -22,6 +22,14 @@ def config():
     return get_config()
 
 
+def move_off_init(module, key, scale):
+    """Adds scale * N(0, 1) to every parameter of `module`, in place (weights as if trained)."""
+    leaves, treedef = jax.tree.flatten(nnx.state(module, nnx.Param))
+    keys = jax.random.split(key, len(leaves))
+    nnx.update(module, jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape)
+                                                    for x, k in zip(leaves, keys)]))
+
+
 @pytest.fixture(scope="module")
 def t2i(config):
     """A stand-in for a pre-trained T2I U-Net: every parameter moved off its initial value.
@@ -29,11 +37,7 @@ def t2i(config):
     Freshly initialised, the output conv is zero and the test below would hold trivially.
     """
     model = build_unet(config.model, temporal=False, seed=1)
-    state = nnx.state(model, nnx.Param)
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(7), len(leaves))
-    noisy = [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-    nnx.update(model, jax.tree.unflatten(treedef, noisy))
+    move_off_init(model, jax.random.key(7), 0.2)
     return model
 
 
@@ -119,10 +123,7 @@ def test_frame_embedding_reads_place_in_clip_and_caption(text_in_time, inputs):
     video, logsnr, text, mask = inputs
     model = nnx.clone(text_in_time)
     module = model.temporal_frame_embedding
-    state = nnx.state(module, nnx.Param)
-    keys = jax.random.split(jax.random.key(5), len(jax.tree.leaves(state)))
-    leaves, treedef = jax.tree.flatten(state)
-    nnx.update(module, jax.tree.unflatten(treedef, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]))
+    move_off_init(module, jax.random.key(5), 0.1)
     static = jnp.broadcast_to(video[:1, :1], (B, T, H, H, 3))
     same = (logsnr[:1].repeat(B), text[:1].repeat(B, 0), mask[:1].repeat(B, 0))
     out = forward(model, static, *same)

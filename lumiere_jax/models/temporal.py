@@ -149,6 +149,7 @@ class FrameEmbedding(nnx.Module):
     def __init__(self, channels: int, text_channels: int, emb_dim: int, rngs: nnx.Rngs, dtype=jnp.float32):
         self.channels = channels
         self.position = dense(channels, emb_dim, rngs, dtype=dtype)
+        # Input unsharded: both axes named MLP would map one mesh axis twice; the weight is small.
         self.text = dense(text_channels, emb_dim, rngs, dtype=dtype, in_axis=None)
         self.out = dense(emb_dim, emb_dim, rngs, dtype=dtype, kernel_init=zeros, in_axis=axes.MLP, out_axis=axes.EMBED)
 
