@@ -75,17 +75,23 @@ def windows(items: Iterable[F], length: int, stride: int, convert: Callable[[F],
 
 
 def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
-    """Scales the short side to `size` and keeps the centre square: (size, size, 3) uint8.
+    """Scales the short side to `size` and keeps the centre square: (size, size, 3) uint8."""
+    return resize_cover(image, size, size)
 
-    One `resize(box=...)` of the centre square gives what resizing the whole frame and then
-    cropping gives (pixels just outside the square still feed the filter), without resizing
+
+def resize_cover(image: Image.Image, width: int, height: int) -> np.ndarray:
+    """Scales the image to cover width x height and keeps the centre: (height, width, 3) uint8.
+
+    One `resize(box=...)` of the centre region gives what resizing the whole frame and then
+    cropping gives (pixels just outside the region still feed the filter), without resizing
     the discarded sides; PIL's bicubic filter widens when shrinking, so it is antialiased.
     """
     w, h = image.size
-    side = min(w, h)
-    left, top = (w - side) / 2, (h - side) / 2
-    box = (left, top, left + side, top + side)
-    return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC, box=box))
+    scale = max(width / w, height / h)
+    crop_w, crop_h = width / scale, height / scale
+    left, top = (w - crop_w) / 2, (h - crop_h) / 2
+    box = (left, top, left + crop_w, top + crop_h)
+    return np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC, box=box))
 
 
 def clips_at_sizes(

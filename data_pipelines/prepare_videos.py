@@ -113,18 +113,24 @@ class _Progress:
     last_time = Fraction(-1)
 
 
-def _timed_frames(container, stream, progress: _Progress) -> Iterator[tuple[Fraction, av.VideoFrame]]:
-    """Decoded frames with exact presentation times in seconds from the stream start."""
+def timed_frames(container, stream, progress: _Progress) -> Iterator[tuple[Fraction, av.VideoFrame]]:
+    """Decoded frames with presentation times in seconds from the stream start.
+
+    A container stores times rounded to its time base (Matroska: milliseconds, so a 16 fps frame
+    meant for 62.5 ms says 63 ms); each time is moved half a tick earlier, so that rounding never
+    makes a frame miss the output instant it was meant for, and an exact time still shows exactly.
+    """
     origin = stream.start_time or 0
-    period = _frame_period(stream)
+    period = frame_period(stream)
+    half_tick = Fraction(stream.time_base) / 2
     t = Fraction(0)
     for frame in container.decode(stream):
         t = Fraction(frame.pts - origin) * stream.time_base if frame.pts is not None else t + period
         progress.last_time = t
-        yield t, frame
+        yield t - half_tick, frame
 
 
-def _frame_period(stream) -> Fraction:
+def frame_period(stream) -> Fraction:
     """Seconds per source frame (how long the last frame stays on screen)."""
     rate = stream.average_rate or stream.guessed_rate
     return 1 / Fraction(rate) if rate else Fraction(1, 25)
@@ -137,7 +143,7 @@ def _check_complete(stream, progress: _Progress, end: Optional[Fraction]) -> Non
         return
     declared = Fraction(stream.duration) * stream.time_base
     wanted = declared if end is None else min(declared, end)
-    if progress.last_time + 2 * _frame_period(stream) < wanted:
+    if progress.last_time + 2 * frame_period(stream) < wanted:
         stopped = f"decoding stopped at {float(progress.last_time):.2f} s of {float(wanted):.2f} s"
         raise runner.Skip("corrupt", f"{stopped} (clips before kept)")
 
@@ -168,12 +174,12 @@ def video_clips(item: dict[str, Any], settings: dict[str, Any]) -> Iterator[Clip
         if start:
             container.seek(int(start / stream.time_base) + (stream.start_time or 0), stream=stream)
         end = None if item["end"] is None else Fraction(item["end"]).limit_denominator(10**6)
-        source = {"source_fps": float(1 / _frame_period(stream)), "source_size": [stream.width, stream.height]}
+        source = {"source_fps": float(1 / frame_period(stream)), "source_size": [stream.width, stream.height]}
         progress = _Progress()
         clips = clip_lib.cut_clips(
-            _timed_frames(container, stream, progress),
+            timed_frames(container, stream, progress),
             to_image=av.VideoFrame.to_image,
-            frame_period=_frame_period(stream),
+            frame_period=frame_period(stream),
             fps=fps,
             length=settings["num_frames"],
             stride=settings["stride"],

@@ -69,6 +69,16 @@ def sample_config() -> ml_collections.ConfigDict:
     s.fps = 16.0
     s.image_mode = False  # True: the base model bypasses every temporal module, so each frame is generated
     # on its own (the frame-wise baseline that shows what the space-time layers add)
+    # Conditional tasks (lumiere_jax/sample/tasks.py): t2v, i2v, inpaint, outpaint or cinemagraph
+    s.task = "t2v"
+    s.input = ""  # i2v / cinemagraph: an image; inpaint / outpaint: a video (any format PyAV decodes)
+    s.mask = ""  # inpaint / cinemagraph: the region to generate (white): 'x0,y0,x1,y1[,t0,t1]', an image, a
+    # folder of one image per frame, or an .npz with 'mask'
+    s.outpaint = ""  # outpaint: border 'top,right,bottom,left' (pixels of the model's frame), one number, or 'fit'
+    s.tasks_file = ""  # JSON Lines of {"prompt", "input", "mask", "outpaint"}: one request per line (instead of
+    # sample.prompts with the same input for every prompt)
+    s.task_method = "model"  # model: a conditional checkpoint (model.conditioning_channels=4) reads <C, M>;
+    # replacement: the training-free baseline on a text-to-video checkpoint (known pixels re-noised, pasted)
     return s
 
 
@@ -87,6 +97,8 @@ def demo_config() -> ml_collections.ConfigDict:
     d.train_examples = 256  # synthetic clips generated for the from-scratch training
     d.train_steps = 60  # from-scratch training steps (the loss falls; the committed checkpoint took 2,800)
     d.log_every = 5  # progress-bar loss updates
+    d.conditional_checkpoint = ""  # an export of the conditional model: the demo then also shows these tasks
+    d.conditional_tasks = ("i2v", "inpaint", "cinemagraph")  # on inputs made from held-out clips
     return d
 
 
@@ -127,7 +139,25 @@ def train_config() -> ml_collections.ConfigDict:
     t.num_samples = 2
     t.sample_steps = 32
     t.peak_tflops = 0.0  # per-chip bf16 peak for MFU; 0: looked up from the device kind
+    t.masks = mask_mix_config()
     return t
+
+
+def mask_mix_config() -> ml_collections.ConfigDict:
+    """The conditional fine-tuning's mix of known-pixel masks (model.conditioning_channels=4), drawn
+    per example in the train step (lumiere_jax/train/mask_mix.py). The kinds' values are relative weights."""
+    m = ml_collections.ConfigDict()
+    m.none = 0.2  # nothing known: text-to-video stays served by the same model
+    m.first_frames = 0.2  # image-to-video
+    m.box = 0.15  # inpainting a box ...
+    m.blob = 0.1  # ... or a free-form region, on every frame or a span of frames
+    m.border = 0.15  # outpainting
+    m.cinemagraph = 0.2  # the first frame frozen outside a box, motion inside
+    m.max_first_frames = 2  # image-to-video examples know the first 1..max frames
+    m.box_size = (0.25, 0.6)  # box sides (and blob bump widths), as fractions of the frame
+    m.span_prob = 0.5  # chance that a box or blob covers a random span of frames instead of all of them
+    m.max_border = 0.375  # outpainting border widths per side, up to this fraction of the frame
+    return m
 
 
 def compile_config() -> ml_collections.ConfigDict:

@@ -1,11 +1,17 @@
 """`--mode=demo`: the whole system on a laptop CPU in a few minutes (`./demo.sh`, configs/demo.py).
 
-Two halves, so both are seen working:
+Three parts, so each is seen working:
   samples   the committed demo checkpoint (config.sample.base_checkpoint) samples every prompt of
             config.sample (the combinations held out of its training) config.demo.samples_per_prompt
             times -> DIR/samples/: MP4, GIF, NPZ and a PNG contact sheet per clip, overview.gif (all
             clips playing side by side, one column per prompt) and overview.png, and the moving-shapes
             evaluation with held-out and seen scores (eval_report.json);
+  tasks     the committed conditional checkpoint (config.demo.conditional_checkpoint) runs each of
+            config.demo.conditional_tasks on inputs made from held-out clips (image-to-video: two first
+            frames, each with the four direction words; inpainting and cinemagraphs: one clip of every
+            held-out combination) through the sampling job -> DIR/tasks/TASK/: the input files and
+            tasks.jsonl, the clips, overview.gif (top row the known pixels given, bottom row the
+            result) and the task's scores;
   training  config.demo.train_examples synthetic clips (held-out combinations excluded) -> DIR/data/,
             their captions encoded with config.text's encoder, then config.demo.train_steps steps of
             the same model from scratch -> DIR/train/ (TensorBoard, checkpoints, train_summary.json),
@@ -29,11 +35,12 @@ import numpy as np
 
 from lumiere_jax.evaluation.job import evaluate_samples, summary
 from lumiere_jax.sample.job import load_prompts, sample
-from lumiere_jax.sample.video_io import clips_sheet, tile_videos, write_gif, write_png
+from lumiere_jax.sample.video_io import clips_sheet, tile_videos, to_uint8, write_gif, write_png
 from lumiere_jax.train.trainer import train
 
 REPORT_NAME = "demo_report.json"
-OUTPUTS = ("samples", "data", "train", REPORT_NAME)
+OUTPUTS = ("samples", "tasks", "data", "train", REPORT_NAME)
+I2V_IMAGES = 2  # first frames the image-to-video part animates, each with every direction word
 PREVIEW_SCALE = 4  # overview pixels per clip pixel: 32x32 clips are too small to watch as they are
 
 
@@ -48,6 +55,15 @@ def check_demo_config(config) -> None:
     if not config.data.text_embeddings or config.text.encode_in_step:
         raise ValueError("the demo trains on precomputed caption embeddings: set data.text_embeddings=True "
                          "and text.encode_in_step=False")
+    if d.conditional_checkpoint:
+        from lumiere_jax.evaluation.conditional import EVAL_TASKS
+
+        bad = [task for task in d.conditional_tasks if task not in EVAL_TASKS]
+        if bad:
+            raise ValueError(f"demo.conditional_tasks {bad} are not among {', '.join(EVAL_TASKS)}")
+        if not (pathlib.Path(d.conditional_checkpoint) / "params").is_dir():
+            raise FileNotFoundError(f"demo.conditional_checkpoint {d.conditional_checkpoint} is not an export; "
+                                    "build it with scripts/build_conditional_checkpoint.sh or set it to ''")
 
 
 def prepare_workdir(workdir: pathlib.Path) -> None:
@@ -86,6 +102,37 @@ def sample_checkpoint(config, directory: pathlib.Path) -> dict:
             "scores": {k: evaluation[k] for k in ("overall", "heldout", "seen") if evaluation.get(k)}}
 
 
+def conditional_tasks(config, directory: pathlib.Path) -> dict:
+    """Each of config.demo.conditional_tasks with the conditional checkpoint; returns each task's scores."""
+    from lumiere_jax.evaluation.conditional import heldout_clips, score_task, write_requests
+
+    cfg = copy.deepcopy(config)
+    cfg.sample.update(base_checkpoint=config.demo.conditional_checkpoint, prompts=[], prompts_file="")
+    frames, size, fps = config.data.num_frames, config.data.resolution, config.sample.fps
+    results = {}
+    for task in config.demo.conditional_tasks:
+        clips = heldout_clips(config.eval.heldout, 1, frames, size, central=task == "i2v")
+        tasks_file = write_requests(task, clips[:I2V_IMAGES] if task == "i2v" else clips, directory / task / "inputs",
+                                    fps)
+        cfg.sample.update(task=task, tasks_file=str(tasks_file))
+        report = sample(cfg, directory / task)
+        outputs = np.stack([read_frames(record["npz"]) for record in report["samples"]])
+        given = np.stack([known_pixels(task, line, frames, size, fps) for line in tasks_file.read_text().splitlines()])
+        write_gif(directory / task / "overview.gif", tile_videos(np.concatenate([given, outputs]), len(outputs),
+                                                                 PREVIEW_SCALE), fps)
+        results[task] = score_task(task, directory / task, tasks_file, config.eval.heldout, fps)
+        results[task]["prompts"] = [record["prompt"] for record in report["samples"]]
+    return results
+
+
+def known_pixels(task: str, line: str, frames: int, size: int, fps: float) -> np.ndarray:
+    """uint8 (T, H, W, 3): what a request gives the model, the pixels to generate black."""
+    from lumiere_jax.sample.tasks import Request, build_known, load_inputs
+
+    clip, known, _ = build_known(task, load_inputs(task, Request(**json.loads(line)), frames, fps), size, frames)
+    return np.where(known[..., None], to_uint8(clip), 0).astype(np.uint8)
+
+
 def make_training_data(config, directory: pathlib.Path) -> None:
     """Synthetic clips of the demo's domain and their caption embeddings, written by the project's
     own offline jobs (data_pipelines.synthetic, data_pipelines.encode_captions)."""
@@ -120,14 +167,19 @@ def run_demo(config, workdir) -> dict:
     load_prompts(config.sample)  # no prompts: fail before anything is written
     prepare_workdir(workdir)
     start = time.perf_counter()
-    print("== 1/2: sampling held-out prompts with the committed checkpoint", file=sys.stderr)
+    print("== 1/3: sampling held-out prompts with the committed checkpoint", file=sys.stderr)
     samples = sample_checkpoint(config, workdir / "samples")
     sample_seconds = time.perf_counter() - start
-    print(f"== 2/2: training the same model from scratch for {config.demo.train_steps} steps", file=sys.stderr)
+    tasks = {}
+    if config.demo.conditional_checkpoint:
+        print(f"== 2/3: {', '.join(config.demo.conditional_tasks)} with the conditional checkpoint", file=sys.stderr)
+        tasks = conditional_tasks(config, workdir / "tasks")
+    print(f"== 3/3: training the same model from scratch for {config.demo.train_steps} steps", file=sys.stderr)
     trained = train_from_scratch(config, workdir)
     losses = trained["losses"]
     report = {
         "samples": dict(samples, directory=str(workdir / "samples"), seconds=round(sample_seconds, 1)),
+        "tasks": {"directory": str(workdir / "tasks"), **tasks},
         "training": {"directory": str(workdir / "train"), "steps": trained["step"], "losses": losses,
                      "first_loss": losses[0], "last_loss": losses[-1], "wall_seconds": trained["wall_seconds"]},
         "total_seconds": round(time.perf_counter() - start, 1),
@@ -146,7 +198,19 @@ def describe(report: dict, workdir) -> str:
         f"  overview.gif (one column per prompt: {'; '.join(s['prompts'])}), overview.png, NNN_prompt.mp4/.gif/.png",
         (f"  held-out scores: colour {held['color_accuracy']:.0%}, direction {held['direction_accuracy']:.0%}, "
          f"presence {held['presence_rate']:.0%} (eval_report.json)"),
+        *[f"{task}: {describe_task(scores)} ({report['tasks']['directory']}/{task}/overview.gif)"
+          for task, scores in report["tasks"].items() if task != "directory"],
         (f"training from scratch: loss {t['first_loss']:.3f} -> {t['last_loss']:.3f} in {t['steps']} steps: "
          f"{t['directory']}/ (tensorboard --logdir {t['directory']}/tensorboard)"),
         f"report: {workdir / REPORT_NAME}",
     ])
+
+
+def describe_task(scores: dict) -> str:
+    parts = [f"direction {scores['direction_accuracy']:.0%}", f"presence {scores['presence_rate']:.0%}"]
+    if "masked_presence_rate" in scores:
+        parts.append(f"presence where filled {scores['masked_presence_rate']:.0%}")
+    parts.append(f"known pixels kept {scores['known_pixels_kept']:.0%}")
+    if "outside_region_constant" in scores:
+        parts.append(f"still outside the region {scores['outside_region_constant']:.0%}")
+    return ", ".join(parts)

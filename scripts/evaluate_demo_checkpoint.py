@@ -69,19 +69,13 @@ def hardware() -> dict:
             "jax_devices": [str(d) for d in jax.devices()], "jax": jax.__version__}
 
 
-def main(argv):
-    del argv
-    config = FLAGS.config
-    out = pathlib.Path(FLAGS.out_dir)
-    heldout = [caption(*combo) for combo in parse_heldout(config.eval.heldout)]
-    stunet = sample_and_score(config, heldout * FLAGS.per_prompt + seen_prompts(config.eval.heldout, FLAGS.num_seen) * 2,
-                              out / "stunet", image_mode=False)
-    framewise = sample_and_score(config, heldout * FLAGS.per_prompt, out / "framewise", image_mode=True)
-    run = json.loads((pathlib.Path(FLAGS.run_dir) / "train_summary.json").read_text())
-    card = {
+def run_card(config, run_dir: str, train_command: str, config_file: str) -> dict:
+    """What a provenance file says of the training run, the machine, the model and the sampler."""
+    run = json.loads((pathlib.Path(run_dir) / "train_summary.json").read_text())
+    return {
         "checkpoint": config.sample.base_checkpoint,
-        "train_command": FLAGS.train_command,
-        "config": "configs/demo.py",
+        "train_command": train_command,
+        "config": config_file,
         "steps": run["step"],
         "wall_seconds": run["wall_seconds"],
         "seconds_per_step": run["last_metrics"]["train/step_seconds"],
@@ -91,6 +85,19 @@ def main(argv):
         "sampling": {"sampler": config.sample.sampler, "num_steps": config.sample.num_steps,
                      "guidance_scale": config.sample.guidance_scale,
                      "threshold_percentile": config.sample.threshold_percentile, "seed": config.sample.seed},
+    }
+
+
+def main(argv):
+    del argv
+    config = FLAGS.config
+    out = pathlib.Path(FLAGS.out_dir)
+    heldout = [caption(*combo) for combo in parse_heldout(config.eval.heldout)]
+    stunet = sample_and_score(config, heldout * FLAGS.per_prompt + seen_prompts(config.eval.heldout, FLAGS.num_seen) * 2,
+                              out / "stunet", image_mode=False)
+    framewise = sample_and_score(config, heldout * FLAGS.per_prompt, out / "framewise", image_mode=True)
+    card = {
+        **run_card(config, FLAGS.run_dir, FLAGS.train_command, "configs/demo.py"),
         "heldout_combinations": config.eval.heldout,
         "targets_on_heldout": TARGETS,
         "scores": {"stunet": stunet, "framewise_temporal_bypassed": framewise},

@@ -12,19 +12,11 @@ from flax import nnx
 from configs import ssr_tiny
 from lumiere_jax.models.param_groups import TEMPORAL
 from lumiere_jax.models.unet import UNet, UNetConfig
-from lumiere_jax.models.weights import save_weights
 from lumiere_jax.parallel.mesh import DEFAULT_RULES
 from lumiere_jax.sample.generate import generate
 from lumiere_jax.sample.job import sample
+from sample_helpers import export_random, sample_config
 from train_helpers import train_config
-
-
-def export_random(config, path: pathlib.Path, seed: int) -> pathlib.Path:
-    """An export of a freshly initialised model whose zero-initialised output conv is perturbed."""
-    model = UNet(UNetConfig.from_config(config.model), rngs=nnx.Rngs(seed))
-    model.out_conv.kernel[...] = 0.05 * jax.random.normal(jax.random.key(seed), model.out_conv.kernel[...].shape)
-    save_weights(path, nnx.state(model, nnx.Param), json.loads(config.to_json()))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +25,6 @@ def exports(tmp_path_factory):
     base = export_random(train_config(), root / "base", 0)  # 8 frames of 16x16
     ssr = export_random(ssr_tiny.get_config(), root / "ssr", 1)  # 16 -> 32, windows of 4
     return base, ssr
-
-
-def sample_config(tmp_path, base, ssr, prompts=("a red circle moving left", "a blue square moving up", "x")):
-    config = train_config()
-    s = config.sample
-    s.prompts = list(prompts)
-    s.base_checkpoint, s.ssr_checkpoint = str(base), str(ssr) if ssr else ""
-    s.num_steps, s.sampler, s.guidance_scale = 4, "ddim", 2.0
-    s.batch_size = 2
-    rng = np.random.default_rng(0)
-    embeddings = tmp_path / "prompts.npz"
-    np.savez(embeddings, embeddings=rng.normal(size=(len(prompts), 8, 32)).astype(np.float32),
-             mask=np.ones((len(prompts), 8), bool))
-    s.prompt_embeddings = str(embeddings)
-    return config
 
 
 def test_prompts_to_base_to_ssr_files(exports, tmp_path):

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 from lumiere_jax.diffusion.parameterization import check_parameterization, eps_from_x0, output_to_x0_eps
-from lumiere_jax.diffusion.schedule import CosineSchedule, alpha_sigma
+from lumiere_jax.diffusion.schedule import CosineSchedule, alpha_sigma, diffuse
 from lumiere_jax.diffusion.thresholding import check_percentile, dynamic_threshold
 
 SAMPLERS = ("ddpm", "ddim")
 
 Predict = Callable[[jax.Array, jax.Array], jax.Array]  # (z, logsnr (B,)) -> model output shaped like z
+Known = tuple[jax.Array, jax.Array]  # (values shaped like z, mask broadcastable to z, 1 = known)
 # (z_t, x0, eps, logsnr_t, logsnr_s, rng) -> z_s
 Step = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
@@ -135,6 +136,18 @@ def denoise(
     return x0, eps
 
 
+def replace_known(z: jax.Array, known: Known, logsnr: jax.Array, rng: jax.Array) -> jax.Array:
+    """The replacement method: the known pixels, diffused afresh to `logsnr`, pasted into z.
+
+    The training-free way to condition an unconditional model on known pixels (Song et al. 2021;
+    Ho et al. 2022, "Video Diffusion Models"): `known` = (values shaped like z, mask broadcastable
+    to z, 1 = known). The model never sees the mask, only noisy known pixels.
+    """
+    values, mask = known
+    noisy = diffuse(values.astype(jnp.float32), jax.random.normal(rng, z.shape, jnp.float32), logsnr)
+    return mask * noisy + (1.0 - mask) * z
+
+
 def _run(
     step: Step,
     draws_noise: bool,
@@ -146,11 +159,13 @@ def _run(
     parameterization: str,
     threshold_percentile: float,
     t_start: float,
+    known: Optional[Known] = None,
 ) -> jax.Array:
     """The loop shared by both samplers; the model is traced once (inside the loop body)."""
     num_steps = check_num_steps(num_steps)
-    if rng is None and draws_noise:
-        raise ValueError("this sampler draws noise (DDPM, or DDIM with eta > 0): pass a jax.random key as rng")
+    if rng is None and (draws_noise or known is not None):
+        raise ValueError("this sampler draws noise (DDPM, DDIM with eta > 0, or replacement of known pixels): "
+                         "pass a jax.random key as rng")
     check_parameterization(parameterization)
     threshold_percentile = check_percentile(threshold_percentile)
     t_start = check_t_start(t_start)
@@ -159,6 +174,8 @@ def _run(
         t = t_start * (num_steps - k) / num_steps
         s = t_start * (num_steps - k - 1) / num_steps
         logsnr_t, logsnr_s = schedule.logsnr(t), schedule.logsnr(s)
+        if known is not None:
+            z = replace_known(z, known, logsnr_t, jax.random.fold_in(jax.random.fold_in(rng, k), 1))
         x0, eps = denoise(predict, z, logsnr_t, parameterization, threshold_percentile)
         z_s = step(z, x0, eps, logsnr_t, logsnr_s, None if rng is None else jax.random.fold_in(rng, k))
         return jnp.where(k == num_steps - 1, x0, z_s)
@@ -176,14 +193,17 @@ def ddpm_sample(
     parameterization: str,
     threshold_percentile: float = 0.0,
     t_start: float = 1.0,
+    known: Optional[Known] = None,
 ) -> jax.Array:
     """Ancestral sampling from z_{t_start} = `noise` (standard normal for t_start = 1) to x0.
 
     t_start < 1 starts from a partially noised input (SDEdit); then `noise` must be that input
-    diffused to `schedule.logsnr(t_start)` with `diffuse`.
+    diffused to `schedule.logsnr(t_start)` with `diffuse`. `known` (values, mask) pastes known
+    pixels in before every model call (`replace_known`).
     """
     return _run(
-        ddpm_step, True, predict, noise, rng, schedule, num_steps, parameterization, threshold_percentile, t_start
+        ddpm_step, True, predict, noise, rng, schedule, num_steps, parameterization, threshold_percentile, t_start,
+        known,
     )
 
 
@@ -198,11 +218,13 @@ def ddim_sample(
     eta: float = 0.0,
     threshold_percentile: float = 0.0,
     t_start: float = 1.0,
+    known: Optional[Known] = None,
 ) -> jax.Array:
-    """DDIM sampling from z_{t_start} = `noise` to x0; `rng` is only used when eta > 0 (None is fine at 0)."""
+    """DDIM sampling from z_{t_start} = `noise` to x0; `rng` is only used when eta > 0 or with `known`
+    (None is fine otherwise)."""
     return _run(
         ddim_step(eta), eta > 0, predict, noise, rng, schedule, num_steps, parameterization, threshold_percentile,
-        t_start,
+        t_start, known,
     )
 
 
@@ -215,6 +237,7 @@ def sample(
     *,
     parameterization: str,
     t_start: float = 1.0,
+    known: Optional[Known] = None,
 ) -> jax.Array:
     """Runs the sampler named in `settings` (guidance must already be inside `predict`)."""
     common = dict(
@@ -222,6 +245,7 @@ def sample(
         parameterization=parameterization,
         threshold_percentile=settings.threshold_percentile,
         t_start=t_start,
+        known=known,
     )
     if check_sampler(settings.sampler) == "ddpm":
         return ddpm_sample(predict, noise, rng, schedule, **common)

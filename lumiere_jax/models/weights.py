@@ -33,7 +33,10 @@ def load_weights(path: pathlib.Path, model: nnx.Module) -> str:
     """Loads an export into `model` in place, in the shardings its parameters already have.
 
     A full export fills every parameter; an export of a T2I U-Net (no temporal parameters) fills
-    STUNet's spatial part only (the inflation path). Returns 'full' or 'spatial'.
+    STUNet's spatial part only (the inflation path); an export of a model without conditioning
+    channels fills everything but the zero-initialised conditioning input (a text-to-video
+    STUNet starting the conditional tasks' fine-tuning, which then computes exactly what it did).
+    Returns 'full', 'spatial' or 'unconditional'.
     """
     path = pathlib.Path(path).absolute()
     if not (path / "params").is_dir():
@@ -42,11 +45,11 @@ def load_weights(path: pathlib.Path, model: nnx.Module) -> str:
     saved = _saved_paths(path)
     full = nnx.state(model, nnx.Param)
     spatial = nnx.state(model, param_groups.SPATIAL)
+    unconditional = nnx.state(model, nnx.All(nnx.Param, nnx.Not(param_groups.CONDITIONING)))
     flat = lambda s: {"/".join(map(str, k)) for k in traverse_util.flatten_dict(nnx.to_pure_dict(s))}  # noqa: E731
-    if saved == flat(full):
-        target, kind = full, "full"
-    elif saved == flat(spatial):
-        target, kind = spatial, "spatial"
+    for target, kind in ((full, "full"), (spatial, "spatial"), (unconditional, "unconditional")):
+        if saved == flat(target):
+            break
     else:
         missing = sorted(flat(spatial) - saved)[:3]
         unexpected = sorted(saved - flat(full))[:3]

@@ -3,7 +3,8 @@
 One pure, jittable function serves the trainer's previews, the base (text-to-video) stage and the
 SSR stage of the sampling job. Conditioning is a dict: `text` (B, L, D) and `mask` (B, L) always;
 SSR adds `lowres` (B, T, H, W, 3), the upsampled low-resolution clip, and `aug` (B,), the
-log-SNR of the augmentation noise it carries. Guidance nulls the text only.
+log-SNR of the augmentation noise it carries; the conditional tasks add `known` (B, T, H, W, 4).
+Guidance nulls the text only.
 """
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ import jax.numpy as jnp
 
 from lumiere_jax import diffusion
 from lumiere_jax.diffusion.multidiffusion import multidiffusion
-from lumiere_jax.models.conditioning import call_model
-
-FRAME_KEYS = ("lowres",)  # conditioning with a frame axis: windowed together with the clip
+from lumiere_jax.models.conditioning import FRAME_KEYS, call_model
+from lumiere_jax.sample.masks import split_known
 
 
 def clip_model_fn(model, num_frames: int, window: Optional[int], overlap: int,
@@ -48,15 +48,36 @@ def null_of(cond: dict) -> dict:
 
 def generate(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, num_steps: Optional[int] = None,
              window: Optional[int] = None, overlap: int = 2, constrain: Optional[Callable] = None,
-             image_mode: bool = False) -> jax.Array:
+             image_mode: bool = False, known: Optional[jax.Array] = None, replacement: bool = False) -> jax.Array:
     """Samples clips shaped like `noise` (B, T, H, W, C) in [-1, 1] with config.sample settings;
-    `image_mode` generates every frame independently (temporal modules bypassed)."""
+    `image_mode` generates every frame independently (temporal modules bypassed).
+
+    `known` (B, T, H, W, 4) = ⟨C, M⟩ (`lumiere_jax.sample.masks.known_input`) conditions a
+    conditional-task model through its extra channels (windowed with the clip), or with
+    `replacement` a text-to-video model through the replacement method (the known pixels re-noised
+    and pasted in before every step). Either way the known pixels are pasted into the result, so
+    they equal the input exactly.
+    """
     schedule = diffusion.schedule_from_config(config.diffusion)
     parameterization = diffusion.parameterization_from_config(config.diffusion)
     settings = diffusion.sampler_settings_from_config(config.sample)
     if num_steps is not None:
         settings = dataclasses.replace(settings, num_steps=num_steps)
+    replace = None
+    if known is not None:
+        values, mask = split_known(known)
+        if replacement:
+            replace = (values, mask[..., None])
+        else:
+            cond = dict(cond, known=known)
     model_fn = clip_model_fn(model, noise.shape[1], window, overlap, constrain, image_mode)
     predict = diffusion.classifier_free_guidance(model_fn, cond, null_of(cond), settings.guidance_scale)
-    video = diffusion.sample(predict, noise, rng, schedule, settings, parameterization=parameterization)
-    return jnp.clip(video, -1.0, 1.0)
+    video = jnp.clip(diffusion.sample(predict, noise, rng, schedule, settings, parameterization=parameterization,
+                                      known=replace), -1.0, 1.0)
+    return video if known is None else paste_known(video, known)
+
+
+def paste_known(video: jax.Array, known: jax.Array) -> jax.Array:
+    """The clip with its known pixels (⟨C, M⟩, M = 1) set to the input's values."""
+    values, mask = split_known(known)
+    return jnp.where(mask[..., None] > 0.5, values, video)

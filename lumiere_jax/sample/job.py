@@ -1,5 +1,9 @@
 """`--mode=sample`: prompts -> base STUNet -> (optional) SSR -> MP4, GIF, NPZ and PNG per prompt.
 
+`sample.task` adds the conditional tasks (lumiere_jax/sample/tasks.py): their input files are read
+and fitted before any model is built, and the known pixels are pasted into every output, at the
+SSR's size too.
+
 Everything that can be wrong with the request (no prompts, a missing checkpoint, an SSR whose
 input size is not the base model's output, text embeddings of the wrong width) is checked before
 any model is built. Prompts are batched and sharded over the mesh's batch axes; each prompt's
@@ -26,8 +30,13 @@ from lumiere_jax.models.conditioning import upsample
 from lumiere_jax.models.unet import UNet, UNetConfig
 from lumiere_jax.models.weights import load_weights
 from lumiere_jax.parallel import batch_shard_count, batch_sharding, create_sharded, logical_axis_rules, mesh_from_config
-from lumiere_jax.sample.generate import generate
+from lumiere_jax.sample.generate import generate, paste_known
+from lumiere_jax.sample.masks import KNOWN_CHANNELS, known_input
+from lumiere_jax.sample.tasks import build_known, check_task, load_inputs, load_requests
 from lumiere_jax.sample.video_io import contact_sheet, to_uint8, write_gif, write_mp4, write_png
+
+
+TASK_METHODS = ("model", "replacement")
 
 
 def load_prompts(sample) -> list[str]:
@@ -108,7 +117,7 @@ class StageRunner:
     """One jitted sampler per stage, fed batches of prompts placed on the mesh's batch axes."""
 
     def __init__(self, model, config, frames: int, size: int, window: int, overlap: int, mesh, rules, aug=None,
-                 image_mode: bool = False):
+                 image_mode: bool = False, replacement: bool = False):
         graphdef, self.state = nnx.split(model)
         self.mesh, self.rules = mesh, rules
         self.frames, self.size, self.aug, self.config = frames, size, aug, config
@@ -119,7 +128,7 @@ class StageRunner:
                 return x
             return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, rules, x.ndim))
 
-        def run(state, text, mask, lowres, keys):
+        def run(state, text, mask, lowres, known, keys):
             model = nnx.merge(graphdef, state)
             noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), (frames, size, size, 3)))(keys)
             cond = {"text": text, "mask": mask}
@@ -129,32 +138,42 @@ class StageRunner:
                 noisy = jax.vmap(lambda r, x, a: diffusion.noise_augment(r, x[None], a)[0][0])(aug_rng, lowres, aug)
                 cond.update(lowres=noisy, aug=aug)
             return generate(model, cond, noise, jax.random.fold_in(keys[0], 2), config, window=window,
-                            overlap=overlap, constrain=constrain, image_mode=image_mode)
+                            overlap=overlap, constrain=constrain, image_mode=image_mode, known=known,
+                            replacement=replacement)
 
         self.run = jax.jit(run)
 
-    def __call__(self, text, mask, lowres, keys):
+    def __call__(self, text, mask, lowres, known, keys):
         put = lambda a: None if a is None else jax.device_put(a, batch_sharding(self.mesh, self.rules, a.ndim))  # noqa: E731
         with jax.set_mesh(self.mesh):
-            return np.asarray(jax.device_get(self.run(self.state, put(text), put(mask), put(lowres), put(keys))))
+            out = self.run(self.state, put(text), put(mask), put(lowres), put(known), put(keys))
+            return np.asarray(jax.device_get(out))
 
 
 def sample(config, workdir) -> dict:
     """Runs the whole job; returns the samples.json content."""
     workdir = pathlib.Path(workdir)
     s = config.sample
-    prompts = load_prompts(s)
+    check_task(s.task)
+    requests = load_requests(s, None if s.tasks_file else load_prompts(s))
+    prompts = [r.prompt for r in requests]
     if not s.base_checkpoint:
         raise ValueError("sample.base_checkpoint is required (an export directory of the base STUNet)")
     base = Stage("base", s.base_checkpoint)
     ssr = Stage("ssr", s.ssr_checkpoint) if s.ssr_checkpoint else None
     check_stages(base, ssr)
+    replacement = check_task_method(s, base)
     train_frames = base.config.data.num_frames
     frames = s.num_frames or train_frames
     if frames < train_frames:
         raise ValueError(f"sample.num_frames={frames} is shorter than the base model's {train_frames} frames")
     if s.batch_size < 1:
         raise ValueError(f"sample.batch_size={s.batch_size} must be >= 1")
+    size = base.config.data.resolution
+    loaded = [load_inputs(s.task, r, frames, s.fps) for r in requests]
+    known, task_info = known_inputs(s.task, loaded, size, frames, size)
+    if s.task == "t2v" and base.model_config.conditioning_channels == 0:
+        known = None  # a text-to-video checkpoint has no <C, M> input; a conditional one reads "nothing known"
     mesh = mesh_from_config(config.mesh)
     rules = logical_axis_rules(config.mesh.rules)
     timings = {}
@@ -173,40 +192,76 @@ def sample(config, workdir) -> dict:
         return None if array is None else array[np.asarray(rows)]
 
     start = time.perf_counter()
-    base_runner = StageRunner(base.build(mesh, rules), config, frames, base.config.data.resolution,
-                              train_frames, s.window_overlap, mesh, rules, image_mode=s.image_mode)
-    videos = np.zeros((len(prompts), frames, base.config.data.resolution, base.config.data.resolution, 3), np.float32)
+    base_runner = StageRunner(base.build(mesh, rules), config, frames, size, train_frames, s.window_overlap, mesh,
+                              rules, image_mode=s.image_mode, replacement=replacement)
+    videos = np.zeros((len(prompts), frames, size, size, 3), np.float32)
     for rows in tqdm(batches, desc="base", disable=jax.process_index() != 0):
-        out = base_runner(padded(rows, emb), padded(rows, mask), None, padded(rows, keys))
+        out = base_runner(padded(rows, emb), padded(rows, mask), None, padded(rows, known), padded(rows, keys))
         videos[rows] = out[: len(rows)]
     timings["base_seconds"] = time.perf_counter() - start
 
     if ssr is not None:
         start = time.perf_counter()
-        size = ssr.config.data.hires_resolution
-        runner = StageRunner(ssr.build(mesh, rules), config, frames, size, ssr.config.ssr.window,
+        high_size = ssr.config.data.hires_resolution
+        runner = StageRunner(ssr.build(mesh, rules), config, frames, high_size, ssr.config.ssr.window,
                              ssr.config.ssr.overlap, mesh, rules, aug=ssr.config.ssr.sample_aug_logsnr)
-        lowres_all = np.asarray(upsample(jnp.asarray(videos), size))
-        high = np.zeros((len(prompts), frames, size, size, 3), np.float32)
+        lowres_all = np.asarray(upsample(jnp.asarray(videos), high_size))
+        high = np.zeros((len(prompts), frames, high_size, high_size, 3), np.float32)
         ssr_keys = jax.vmap(lambda k: jax.random.fold_in(k, 7))(keys)
         for rows in tqdm(batches, desc="ssr", disable=jax.process_index() != 0):
-            out = runner(padded(rows, emb), padded(rows, mask), padded(rows, lowres_all), padded(rows, ssr_keys))
+            out = runner(padded(rows, emb), padded(rows, mask), padded(rows, lowres_all), None, padded(rows, ssr_keys))
             high[rows] = out[: len(rows)]
         videos = high
+        if s.task != "t2v":  # the input's known pixels, fitted to the output size, pasted in after SSR too
+            videos = np.asarray(paste_known(videos, known_inputs(s.task, loaded, high_size, frames, size)[0]))
         timings["ssr_seconds"] = time.perf_counter() - start
 
     records = write_outputs(workdir, prompts, videos, s.fps) if jax.process_index() == 0 else []
+    for record, info in zip(records, task_info):
+        record["task_inputs"] = info
     report = {
         "samples": records,
         "settings": {"sampler": s.sampler, "num_steps": s.num_steps, "guidance_scale": s.guidance_scale,
                      "threshold_percentile": s.threshold_percentile, "seed": s.seed, "num_frames": frames,
                      "base_checkpoint": str(base.path), "ssr_checkpoint": str(ssr.path) if ssr else None,
-                     "fps": s.fps, "image_mode": s.image_mode},
+                     "fps": s.fps, "image_mode": s.image_mode, "task": s.task,
+                     "task_method": s.task_method if s.task != "t2v" else None, "paste_known": s.task != "t2v"},
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
     if jax.process_index() == 0:
         (workdir / "samples.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def check_task_method(sample, base: Stage) -> bool:
+    """True when the base model samples a conditional task by replacement; errors name a checkpoint that
+    cannot serve the task."""
+    channels = base.model_config.conditioning_channels
+    if sample.task_method not in TASK_METHODS:
+        raise ValueError(f"sample.task_method={sample.task_method!r} is not one of {', '.join(TASK_METHODS)}")
+    if sample.task == "t2v":
+        return False
+    if sample.task_method == "replacement":
+        if channels:
+            raise ValueError(f"sample.task_method='replacement' is the training-free baseline for a text-to-video "
+                             f"checkpoint; {base.path} is a conditional one (model.conditioning_channels={channels})")
+        return True
+    if channels != KNOWN_CHANNELS:
+        raise ValueError(
+            f"sample.task={sample.task!r} needs a conditional checkpoint (model.conditioning_channels={KNOWN_CHANNELS}); "
+            f"sample.base_checkpoint {base.path} has {channels}. Fine-tune one from it (configs/demo_conditional.py "
+            "shows how) or set sample.task_method=replacement for the training-free baseline")
+    return False
+
+
+def known_inputs(task: str, loaded: list, size: int, frames: int, base_size: int) -> tuple[np.ndarray, list]:
+    """(N, T, size, size, 4) ⟨C, M⟩ of every request and what was read for each (files, hashes, fitting)."""
+    known, info = [], []
+    for item in loaded:
+        clip, mask, fit = build_known(task, item, size, frames, size / base_size)
+        known.append(np.asarray(known_input(clip, mask)))
+        info.append({"files": item.files, **item.source, **fit} if task != "t2v" else {})
+    return np.stack(known), info
 
 
 def write_outputs(workdir: pathlib.Path, prompts: list[str], videos: np.ndarray, fps: float) -> list[dict]:

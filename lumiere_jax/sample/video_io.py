@@ -66,3 +66,18 @@ def tile_videos(clips: np.ndarray, columns: int, scale: int = 1) -> np.ndarray:
 
 def write_png(path: pathlib.Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path)
+
+
+def write_lossless_video(path: pathlib.Path, frames: np.ndarray, fps: float) -> None:
+    """frames: uint8 (T, H, W, 3) -> FFV1 in Matroska (.mkv): bit-exact RGB, for inputs whose pixels a
+    task must keep exactly (H.264's yuv420p would change them before the model sees them)."""
+    import av
+    from fractions import Fraction
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("ffv1", rate=Fraction(fps).limit_denominator(1000))
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "bgr0"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        container.mux(stream.encode())

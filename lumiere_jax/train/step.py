@@ -16,7 +16,9 @@ from flax import nnx
 
 from lumiere_jax import diffusion
 from lumiere_jax.models.conditioning import call_model, upsample
+from lumiere_jax.sample.masks import KNOWN_CHANNELS
 from lumiere_jax.text.conditioning import text_conditioning
+from lumiere_jax.train.mask_mix import draw_conditions, mix_probabilities
 from lumiere_jax.train.state import TrainState
 
 NUM_BANDS = 4  # loss is also reported per quarter of (unshifted cosine) noise time
@@ -42,6 +44,19 @@ def step_inputs(batch: dict, config) -> dict:
     return {k: batch[k] for k in keys}
 
 
+def check_conditioning_channels(config) -> bool:
+    """True for a conditional-task model (its batches get a random ⟨C, M⟩); errors on a channel count
+    that neither SSR nor the conditional tasks use."""
+    channels = config.model.conditioning_channels
+    if config.ssr.enabled or channels == 0:
+        return False
+    if channels != KNOWN_CHANNELS:
+        raise ValueError(f"model.conditioning_channels={channels}: use {KNOWN_CHANNELS} for the conditional tasks "
+                         "(masked clip + mask), 3 with ssr.enabled, or 0")
+    mix_probabilities(config.train.masks)
+    return True
+
+
 def _split_microbatches(batch: dict, n: int) -> dict:
     size = next(iter(batch.values())).shape[0]
     if size % n:
@@ -63,11 +78,12 @@ def make_train_step(graphdef: nnx.GraphDef, config, schedule_fn: optax.Schedule,
         raise ValueError(f"train.text_dropout={train.text_dropout} must be in [0, 1]")
     if train.microbatches < 1:
         raise ValueError(f"train.microbatches={train.microbatches} must be >= 1")
+    conditional = check_conditioning_channels(config)
 
     def micro_loss(params, rest, model_graphdef, batch, rng, encoder):
         model = nnx.merge(model_graphdef, params, rest)
         text, mask = text_conditioning(batch, config.text, encoder)
-        drop_rng, loss_rng, aug_rng = jax.random.split(rng, 3)
+        drop_rng, loss_rng, aug_rng, mask_rng = jax.random.split(rng, 4)
         cond = {"text": text, "mask": mask}
         cond = diffusion.drop_conditioning(drop_rng, cond, diffusion.null_text_conditioning(cond), train.text_dropout)
         x0 = batch["video"]
@@ -76,6 +92,8 @@ def make_train_step(graphdef: nnx.GraphDef, config, schedule_fn: optax.Schedule,
             lowres = upsample(batch["video"], x0.shape[2])
             aug_range = (config.ssr.aug_logsnr_min, config.ssr.aug_logsnr_max)
             cond["lowres"], cond["aug"] = diffusion.random_noise_augment(aug_rng, lowres, aug_range)
+        elif conditional:  # Lumiere's conditional tasks: a random known-pixel mask per example
+            x0, cond["known"] = draw_conditions(mask_rng, x0, train.masks)
 
         def model_fn(z, logsnr):
             out = call_model(model, z, logsnr, cond, image_mode=image_mode)
