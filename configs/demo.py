@@ -78,4 +78,5 @@ def get_config(arg=None):
     s.batch_size = 12
     s.prompts = [caption(*combo) for combo in parse_heldout(HELDOUT)]
     c.eval.heldout = HELDOUT
+    c.demo.conditional_checkpoint = "demo/conditional_checkpoint"  # configs/demo_conditional.py fine-tunes it
     return c

@@ -86,22 +86,7 @@ def _manifest_item(row: Any, root: str, line: int) -> dict[str, Any]:
 
 def scan_folder(root: str) -> list[dict[str, Any]]:
     """Every video under `root` (sorted, recursive) with the caption from its .txt sidecar."""
-    if not os.path.isdir(root):
-        raise runner.JobError(f"--video_dir {root} is not a directory")
-    items = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.lower().endswith(VIDEO_EXTENSIONS):
-                path = os.path.join(dirpath, name)
-                sidecar = os.path.splitext(path)[0] + ".txt"
-                caption = ""
-                if os.path.isfile(sidecar):
-                    with open(sidecar, encoding="utf-8") as f:
-                        caption = f.read().strip()
-                key = os.path.relpath(path, root)
-                items.append({"key": key, "path": path, "caption": caption, "start": 0.0, "end": None})
-    return items
+    return [dict(item, start=0.0, end=None) for item in runner.captioned_files(root, VIDEO_EXTENSIONS, "--video_dir")]
 
 
 # ------------------------------------------------------------------------------------ decoding

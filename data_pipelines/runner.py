@@ -326,6 +326,26 @@ def check_common_flags(parser, args) -> None:
         parser.error(f"--quality must be in [1, 100], got {args.quality}")
 
 
+def captioned_files(root: str, extensions: Sequence[str], flag: str) -> list[dict[str, Any]]:
+    """Every file under `root` (sorted, recursive) ending in one of `extensions`, as an item
+    {key (the path relative to root), path, caption (its <name>.txt sidecar, '' without one)}."""
+    if not os.path.isdir(root):
+        raise JobError(f"{flag} {root} is not a directory")
+    items = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.lower().endswith(tuple(extensions)):
+                path = os.path.join(dirpath, name)
+                sidecar = os.path.splitext(path)[0] + ".txt"
+                caption = ""
+                if os.path.isfile(sidecar):
+                    with open(sidecar, encoding="utf-8") as f:
+                        caption = f.read().strip()
+                items.append({"key": os.path.relpath(path, root), "path": path, "caption": caption})
+    return items
+
+
 def parse_sizes(parser, text: str) -> list[int]:
     """'128,512' -> [128, 512]: the smallest becomes the record's frames, the rest its hires copies."""
     try:

@@ -94,10 +94,11 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, r: float) -> np.ndar
     return np.logical_and.reduce([dx * nx + dy * ny <= r / 2 for nx, ny in normals])
 
 
-def render(combo: Combo, positions: np.ndarray, radius: float, size: int) -> np.ndarray:
-    """(T, size, size, 3) uint8 frames of the shape at `positions` (normalised centres)."""
+def render(combo: Combo, positions: np.ndarray, radius: float, size: int, background=(0, 0, 0)) -> np.ndarray:
+    """(T, size, size, 3) uint8 frames of the shape at `positions` (normalised centres) on `background`."""
     color, shape, _ = combo
     frames = np.zeros((len(positions), size, size, 3), np.uint8)
+    frames[:] = background
     for t, (x, y) in enumerate(positions):
         frames[t][shape_mask(shape, size, x * size, y * size, radius * size)] = COLORS[color]
     return frames

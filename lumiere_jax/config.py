@@ -79,6 +79,9 @@ def sample_config() -> ml_collections.ConfigDict:
     # sample.prompts with the same input for every prompt)
     s.task_method = "model"  # model: a conditional checkpoint (model.conditioning_channels=4) reads <C, M>;
     # replacement: the training-free baseline on a text-to-video checkpoint (known pixels re-noised, pasted)
+    s.strength = 0.6  # edit (SDEdit): how far along the sampler's time grid the input is noised, in (0, 1]
+    s.style_checkpoint = ""  # stylized generation: a spatial-only export of a style fine-tune (train.trainable=spatial)
+    s.style_alpha = 0.8  # W = alpha W_style + (1 - alpha) W_base on the spatial weights; temporal ones untouched
     return s
 
 

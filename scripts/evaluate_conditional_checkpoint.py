@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs.demo_conditional import T2V_TOLERANCE, TARGETS  # noqa: E402
-from evaluate_demo_checkpoint import run_card  # noqa: E402  (scripts/ is this script's path)
+from checkpoint_card import run_card  # noqa: E402  (scripts/ is this script's path)
 from data_pipelines.synthetic import caption, parse_heldout  # noqa: E402
 from lumiere_jax.evaluation.conditional import EVAL_TASKS, heldout_clips, score_task, write_requests  # noqa: E402
 from lumiere_jax.evaluation.job import evaluate_samples  # noqa: E402

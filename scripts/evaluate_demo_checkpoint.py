@@ -10,23 +10,18 @@ hardware and final loss.
 """
 import copy
 import json
-import os
 import pathlib
-import platform
 import sys
 
-import jax
 import numpy as np
 from absl import app, flags
-from flax import nnx
 from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from checkpoint_card import run_card  # noqa: E402  (scripts/ is this script's path)
 from configs.demo import TARGETS
 from data_pipelines.synthetic import COLORS, DIRECTIONS, SHAPES, caption, is_heldout, parse_heldout
 from lumiere_jax.evaluation.job import evaluate_samples, summary
-from lumiere_jax.models.report import parameter_counts
-from lumiere_jax.models.unet import UNet, UNetConfig
 from lumiere_jax.sample.job import sample
 
 config_flags.DEFINE_config_file("config", "configs/demo.py", "The demo config the checkpoint was trained with.")
@@ -54,38 +49,6 @@ def sample_and_score(config, prompts: list[str], directory: pathlib.Path, image_
     report = evaluate_samples(directory, heldout=config.eval.heldout)
     print(summary(report), file=sys.stderr)
     return {k: report[k] for k in ("overall", "heldout", "seen", "per_combination") if report.get(k)}
-
-
-def parameters(config) -> dict:
-    model = nnx.eval_shape(lambda: UNet(UNetConfig.from_config(config.model), rngs=nnx.Rngs(0)))
-    counts = parameter_counts(model)
-    return {k: counts[k] for k in counts if k != "per_level"}
-
-
-def hardware() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cpu": model, "cpu_cores": os.cpu_count(), "machine": platform.machine(),
-            "jax_devices": [str(d) for d in jax.devices()], "jax": jax.__version__}
-
-
-def run_card(config, run_dir: str, train_command: str, config_file: str) -> dict:
-    """What a provenance file says of the training run, the machine, the model and the sampler."""
-    run = json.loads((pathlib.Path(run_dir) / "train_summary.json").read_text())
-    return {
-        "checkpoint": config.sample.base_checkpoint,
-        "train_command": train_command,
-        "config": config_file,
-        "steps": run["step"],
-        "wall_seconds": run["wall_seconds"],
-        "seconds_per_step": run["last_metrics"]["train/step_seconds"],
-        "final_loss": run["losses"][-1],
-        "hardware": hardware(),
-        "parameters": parameters(config),
-        "sampling": {"sampler": config.sample.sampler, "num_steps": config.sample.num_steps,
-                     "guidance_scale": config.sample.guidance_scale,
-                     "threshold_percentile": config.sample.threshold_percentile, "seed": config.sample.seed},
-    }
 
 
 def main(argv):

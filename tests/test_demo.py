@@ -2,6 +2,7 @@
 provenance complete), and `--mode=demo` runs end to end with reduced step counts."""
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -10,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import demo
+from configs import demo, demo_conditional
 from data_pipelines.synthetic import caption, parse_heldout
 from lumiere_jax.demo import REPORT_NAME, prepare_workdir
 from lumiere_jax.evaluation import evaluate_samples
+from lumiere_jax.evaluation.conditional import heldout_clips, score_task, write_requests
 from lumiere_jax.sample.job import sample
 
 TARGETS = demo.TARGETS
@@ -72,6 +74,50 @@ def test_committed_checkpoint_follows_heldout_prompts(repo_root, tmp_path):
         assert held[metric] >= target, (metric, report["per_combination"])
 
 
+def test_conditional_checkpoint_is_the_demo_model_fine_tuned_with_conditioning(repo_root):
+    directory = repo_root / "demo" / "conditional_checkpoint"
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= MAX_CHECKPOINT_BYTES
+    assert {"config.json", "provenance.json"} <= {p.name for p in files}
+    exported = json.loads((directory / "config.json").read_text())
+    config = demo_conditional.get_config()
+    assert exported["model"] == json.loads(config.model.to_json()) and exported["model"]["conditioning_channels"] == 4
+    assert exported["text"] == json.loads(demo.get_config().text.to_json())  # the demo's text path, unchanged
+    assert exported["train"]["init_from"] == "demo/checkpoint"
+
+
+def test_conditional_provenance_meets_every_task_target_and_reports_the_baseline(repo_root):
+    card = json.loads((repo_root / "demo" / "conditional_checkpoint" / "provenance.json").read_text())
+    assert "--mode=train" in card["train_command"] and "configs/demo_conditional.py" in card["train_command"]
+    assert card["steps"] == demo_conditional.get_config().train.num_steps and card["fine_tuned_from"] == "demo/checkpoint"
+    for task, targets in demo_conditional.TARGETS.items():
+        model, baseline = card["scores"][task]["model"], card["scores"][task]["replacement"]
+        assert model["num_clips"] == baseline["num_clips"] == 48, task
+        assert model["known_pixels_kept"] == baseline["known_pixels_kept"] == 1.0, task
+        for metric, target in targets.items():
+            assert model[metric] >= target, (task, metric)
+            assert metric in baseline
+    assert card["scores"]["cinemagraph"]["model"]["outside_region_constant"] == 1.0
+    t2v = card["scores"]["t2v"]
+    for metric in ("color_accuracy", "direction_accuracy", "presence_rate"):
+        assert t2v["conditional_checkpoint"][metric] >= t2v["demo_checkpoint"][metric] - demo_conditional.T2V_TOLERANCE
+    assert all(all(checks.values()) for checks in card["targets_met"].values())
+
+
+def test_conditional_checkpoint_animates_heldout_images_the_way_each_word_says(repo_root, tmp_path):
+    """Image-to-video with the provenance protocol: two first frames of every held-out combination,
+    each with the four direction words, through the sampling job's tasks_file path."""
+    config = demo_config(repo_root)
+    config.sample.base_checkpoint = str(repo_root / "demo" / "conditional_checkpoint")
+    clips = heldout_clips(demo.HELDOUT, 2, config.data.num_frames, config.data.resolution, central=True)
+    config.sample.update(task="i2v", tasks_file=str(write_requests("i2v", clips, tmp_path / "inputs", 16.0)))
+    sample(config, tmp_path)
+    scores = score_task("i2v", tmp_path, pathlib.Path(config.sample.tasks_file), demo.HELDOUT, 16.0)
+    assert scores["num_clips"] == 48 and scores["known_pixels_kept"] == 1.0
+    for metric, target in demo_conditional.TARGETS["i2v"].items():
+        assert scores[metric] >= target, (metric, scores)
+
+
 def test_prepare_workdir_replaces_a_demo_and_refuses_anything_else(tmp_path):
     previous = tmp_path / "previous"
     (previous / "samples").mkdir(parents=True)
@@ -116,8 +162,15 @@ def test_demo_mode_end_to_end(repo_root, tmp_path):
     assert (workdir / "train" / "checkpoints").is_dir() and list((workdir / "train" / "tensorboard").iterdir())
     assert len(list((workdir / "data").glob("*.array_record"))) == 2 and list((workdir / "data").glob("*.t5"))
     assert "loss=" in proc.stderr  # the progress bar shows the loss
-    for line in ("overview.gif", "held-out scores", "training from scratch: loss", str(workdir / REPORT_NAME)):
+    for line in ("overview.gif", "held-out scores", "training from scratch: loss", str(workdir / REPORT_NAME),
+                 "i2v: direction", "inpaint: direction", "cinemagraph: direction"):
         assert line in proc.stdout
+    for task, clips in (("i2v", 8), ("inpaint", 6), ("cinemagraph", 6)):
+        scores = report["tasks"][task]
+        assert len(scores["prompts"]) == scores["num_clips"] == clips and scores["known_pixels_kept"] == 1.0
+        with Image.open(workdir / "tasks" / task / "overview.gif") as gif:  # given above, result below
+            assert gif.size == (clips * 32 * 4, 2 * 32 * 4) and gif.n_frames == 16
+    assert report["tasks"]["cinemagraph"]["outside_region_constant"] == 1.0
     # A bad demo value fails before anything is written or removed.
     proc = run_demo(repo_root, workdir, "--config.demo.train_steps=0")
     assert proc.returncode == 2 and "demo.train_steps=0 must be >= 1" in proc.stderr

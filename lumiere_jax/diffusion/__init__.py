@@ -31,7 +31,9 @@ from lumiere_jax.diffusion.samplers import (
     ddim_sample,
     ddpm_sample,
     denoise,
+    replace_known,
     sample,
+    sdedit_steps,
 )
 from lumiere_jax.diffusion.schedule import CosineSchedule, alpha_sigma, diffuse, per_example
 from lumiere_jax.diffusion.settings import (
@@ -67,7 +69,9 @@ __all__ = [
     "per_example",
     "random_noise_augment",
     "sample",
+    "replace_known",
     "sample_times",
+    "sdedit_steps",
     "sampler_settings_from_config",
     "schedule_from_config",
     "training_target",

@@ -66,6 +66,19 @@ def check_t_start(t_start: float) -> float:
     return float(t_start)
 
 
+def sdedit_steps(strength: float, num_steps: int) -> int:
+    """How many of the sampler's `num_steps` grid steps an SDEdit of `strength` in (0, 1] runs.
+
+    The input is noised to the grid point t = k / num_steps nearest to `strength` and denoised with
+    the k steps from there: k = 0 (strength under half a step) returns the input as it is, and
+    k = num_steps starts from pure noise, so the input is ignored.
+    """
+    if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0.0 < strength <= 1.0:
+        raise ValueError(f"sample.strength={strength!r} must be in (0, 1]: how far along the sampler's time grid "
+                         "the input is noised (near 0 keeps it, 1 ignores it)")
+    return int(math.floor(strength * check_num_steps(num_steps) + 0.5))
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerSettings:
     """The `config.sample` section, validated. Frozen, so it can be a static jit argument.

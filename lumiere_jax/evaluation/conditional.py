@@ -1,4 +1,4 @@
-"""Scoring the conditional tasks on the moving-shapes domain: requests from held-out clips, task scores.
+"""Scoring the conditional tasks and edits on the moving-shapes domain: requests from held-out clips, scores.
 
 The inputs are clips of the combinations held out of training (data_pipelines.synthetic's heldout
 split, a seed the training data did not use), written as files a user would give the sampling job
@@ -13,6 +13,8 @@ split, a seed the training data did not use), written as files a user would give
 `score_task` runs the moving-shapes evaluator on the sampled clips and adds what each task must keep:
 frame 0 equal to the image (i2v), every known pixel equal to the input (inpaint, outpaint), the
 pixels outside the region constant over time (cinemagraph), and presence inside the filled frames.
+Edits (`write_edit_requests`, `score_edit`) give a held-out clip with its caption's colour or shape
+changed and measure both sides of SDEdit: the new prompt followed, the input's direction and track kept.
 """
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from data_pipelines.synthetic import DIRECTIONS, caption, combos, make_example, parse_heldout
+from data_pipelines.synthetic import COLORS, DIRECTIONS, SHAPES, caption, combos, make_example, parse_heldout
 from lumiere_jax.evaluation.job import evaluate_samples, read_samples, resolve
+from lumiere_jax.evaluation.synthetic import analyze_clip
 from lumiere_jax.sample.tasks import Request, build_known, load_inputs
 from lumiere_jax.sample.video_io import to_uint8, write_lossless_video
 
@@ -129,4 +132,48 @@ def score_task(task: str, workdir: pathlib.Path, tasks_file: pathlib.Path, heldo
         scores["masked_presence_rate"] = masked_present / masked_total
     if constant:
         scores["outside_region_constant"] = float(np.mean(constant))
+    return scores
+
+
+EDITS = ("color", "shape")  # what an edit request changes in a held-out clip's caption
+
+
+def edited(combo: tuple, change: str) -> tuple:
+    """The combination with its colour or shape replaced by the next one of the domain's list."""
+    index = EDITS.index(change)
+    values = list(COLORS) if change == "color" else list(SHAPES)
+    new = list(combo)
+    new[index] = values[(values.index(combo[index]) + 1) % len(values)]
+    return tuple(new)
+
+
+def write_edit_requests(clips: list, directory: pathlib.Path, fps: float, change: str) -> pathlib.Path:
+    """Each held-out clip (a lossless video) with its caption's colour or shape changed: the edit task."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, clip in enumerate(clips):
+        path = directory / f"{i:03d}_clip.mkv"
+        write_lossless_video(path, clip.example.frames, fps)
+        lines.append({"prompt": caption(*edited(clip.combo, change)), "input": str(path)})
+    tasks_file = directory / "tasks.jsonl"
+    tasks_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return tasks_file
+
+
+def score_edit(workdir: pathlib.Path, clips: list, change: str, heldout: str) -> dict:
+    """The evaluator's scores of edited clips against their new prompts, plus how much of the input is
+    kept: its direction, and the object's track (mean distance in pixels over frames where both the
+    input's and the output's object are found)."""
+    report = evaluate_samples(workdir, heldout=heldout)
+    scores = dict(report["overall"])
+    size = clips[0].example.frames.shape[1]
+    kept, distances = [], []
+    for clip, record in zip(clips, report["clips"]):
+        source = analyze_clip(clip.example.frames.astype(np.float32) / 255.0)
+        kept.append(record["direction"] == clip.combo[2])
+        pairs = [(a, b) for a, b in zip(source["centroids"], record["centroids"]) if a is not None and b is not None]
+        distances += [float(np.hypot(*(np.subtract(a, b)))) * size for a, b in pairs]
+    scores["edit_success"] = scores[f"{change}_accuracy"]
+    scores["direction_kept"] = float(np.mean(kept))
+    scores["track_distance_px"] = float(np.mean(distances)) if distances else None
     return scores

@@ -20,7 +20,9 @@ frames:
              less than a quarter of the data's shortest path is "static" (never a prompt's answer);
   jitter     trajectory smoothness: the RMS second difference of the centroid track over runs of
              consecutive present frames, in frame widths; 0 for the data's constant-velocity
-             motion, large when frames are generated independently (the object jumps).
+             motion, large when frames are generated independently (the object jumps);
+  background the median brightness of the clip (0 on the domain's black), which a background
+             style raises.
 
 Clips with no present frame get no colour, shape or direction: they count as wrong, so noise
 scores below chance rather than at it. How far each score can be trusted, measured on real clips
@@ -232,7 +234,8 @@ def analyze_clip(clip: np.ndarray) -> dict:
     present = [i for i, f in enumerate(frames) if f is not None and f.present]
     found = [frames[i] for i in present]
     result = {"color": None, "shape": None, "shape_fit": None, "direction": None, "travel": None,
-              "jitter": None, "presence": len(present) / len(frames), "centroids": [None] * len(frames)}
+              "jitter": None, "presence": len(present) / len(frames), "centroids": [None] * len(frames),
+              "background": float(np.median(clip.max(axis=-1)))}
     if not found:
         return result
     positions = np.stack([f.centroid for f in found]) / size
@@ -267,6 +270,8 @@ def aggregate(records: Sequence[dict]) -> dict:
     scores["presence_rate"] = sum(r["present_frames"] for r in records) / sum(r["frames"] for r in records)
     scores["trajectory_jitter"] = float(np.mean(jitters)) if jitters else None
     scores["clips_with_jitter"] = len(jitters)
+    # The brightness the object stands on (0 for the domain's black; what a background style changes).
+    scores["background_level"] = float(np.mean([r["background"] for r in records]))
     fits = [r["shape_fit"]["explained"] for r in records if r["shape_fit"] is not None]
     scores["shape_fit"] = float(np.mean(fits)) if fits else None  # how shape-like the objects are: 1 = exactly
     return scores

@@ -25,7 +25,8 @@ NEW = nnx.Any(TEMPORAL, CONDITIONING)  # what Lumiere trains on top of a frozen 
 GROUPS = {"spatial": SPATIAL, "temporal": TEMPORAL, "conditioning": CONDITIONING}
 
 
-def _shapes(state) -> dict:
+def shapes(state) -> dict:
+    """{'a/b/kernel': shape} of every parameter in an NNX state."""
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
     return {"/".join(map(str, path)): tuple(value.shape) for path, value in flat.items()}
 
@@ -36,7 +37,7 @@ def load_spatial(model: nnx.Module, t2i_state: nnx.State) -> None:
     Every spatial parameter must be present with its shape; the error names the first paths that
     are missing, unexpected or mis-shaped, so a checkpoint of another backbone is caught early.
     """
-    want, have = _shapes(nnx.state(model, SPATIAL)), _shapes(t2i_state)
+    want, have = shapes(nnx.state(model, SPATIAL)), shapes(t2i_state)
     missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if missing or unexpected:
         raise ValueError(f"T2I state does not match the spatial part: missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -23,10 +23,23 @@ def save_weights(path: pathlib.Path, params: nnx.State, config_dict: dict) -> No
     (path / "config.json").write_text(json.dumps(config_dict, indent=2))
 
 
-def _saved_paths(path: pathlib.Path) -> set:
+def _saved_shapes(path: pathlib.Path) -> dict:
     with ocp.StandardCheckpointer() as ckpt:
         tree = ckpt.metadata(path / "params").item_metadata.tree
-    return {"/".join(map(str, k)) for k in traverse_util.flatten_dict(tree)}
+    return {"/".join(map(str, k)): tuple(v.shape) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def _restore_into(path: pathlib.Path, shardings: dict) -> dict:
+    """{'a/b/kernel': array} of an export, the names in `shardings` restored straight into those
+    shardings and every other array (ignored by the caller) onto one device."""
+    with ocp.StandardCheckpointer() as ckpt:
+        tree = ckpt.metadata(path / "params").item_metadata.tree
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = traverse_util.unflatten_dict({
+            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings.get("/".join(map(str, k)), one))
+            for k, v in traverse_util.flatten_dict(tree).items()})
+        restored = ckpt.restore(path / "params", abstract)
+    return {"/".join(map(str, k)): v for k, v in traverse_util.flatten_dict(restored).items()}
 
 
 def load_weights(path: pathlib.Path, model: nnx.Module) -> str:
@@ -42,7 +55,7 @@ def load_weights(path: pathlib.Path, model: nnx.Module) -> str:
     if not (path / "params").is_dir():
         raise FileNotFoundError(f"no exported weights at {path} (expected {path / 'params'}); "
                                 f"write them with --mode=export")
-    saved = _saved_paths(path)
+    saved = set(_saved_shapes(path))
     full = nnx.state(model, nnx.Param)
     spatial = nnx.state(model, param_groups.SPATIAL)
     unconditional = nnx.state(model, nnx.All(nnx.Param, nnx.Not(param_groups.CONDITIONING)))
@@ -61,3 +74,37 @@ def load_weights(path: pathlib.Path, model: nnx.Module) -> str:
     nnx.replace_by_pure_dict(target, restored)
     nnx.update(model, target)
     return kind
+
+
+def interpolate_spatial(model: nnx.Module, style_path, alpha: float) -> dict:
+    """Stylized generation (Lumiere section 4): W = alpha W_style + (1 - alpha) W for every SPATIAL
+    parameter of `model`, in place, from a style export (a T2I-style fine-tune of the same backbone,
+    `--mode=export` with train.trainable=spatial); temporal and conditioning parameters are not touched.
+
+    Temporal or conditioning weights in the style export are ignored (a full export may be given);
+    a missing or mis-shaped spatial parameter is an error naming it. Returns what was done.
+    """
+    path = pathlib.Path(style_path).absolute()
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"sample.style_alpha={alpha!r} must be a number in [0, 1] (0: the base model's spatial "
+                         "weights, 1: the style's)")
+    if not (path / "params").is_dir():
+        raise FileNotFoundError(f"sample.style_checkpoint {path} is not an export (expected {path / 'params'}); "
+                                "write one with --mode=export of a train.trainable=spatial run")
+    spatial = nnx.state(model, param_groups.SPATIAL)
+    want = param_groups.shapes(spatial)
+    have = _saved_shapes(path)
+    missing = sorted(set(want) - set(have))
+    if missing:
+        raise ValueError(f"style checkpoint {path} is not of this backbone: missing spatial parameters {missing[:3]}")
+    for name, shape in want.items():
+        if have[name] != shape:
+            raise ValueError(f"style checkpoint {path} is not of this backbone: {name} is {have[name]}, "
+                             f"the model's is {shape}")
+    current = {"/".join(map(str, k)): (k, v) for k, v in traverse_util.flatten_dict(nnx.to_pure_dict(spatial)).items()}
+    saved = _restore_into(path, {name: value.sharding for name, (_, value) in current.items()})
+    mixed = {key: (1.0 - alpha) * value + alpha * saved[name].astype(value.dtype) for name, (key, value) in current.items()}
+    nnx.replace_by_pure_dict(spatial, traverse_util.unflatten_dict(mixed))
+    nnx.update(model, spatial)
+    return {"style_checkpoint": str(path), "style_alpha": float(alpha), "interpolated": len(want),
+            "ignored": sorted(set(have) - set(want))[:3] + (["..."] if len(set(have) - set(want)) > 3 else [])}

@@ -48,7 +48,8 @@ def null_of(cond: dict) -> dict:
 
 def generate(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, num_steps: Optional[int] = None,
              window: Optional[int] = None, overlap: int = 2, constrain: Optional[Callable] = None,
-             image_mode: bool = False, known: Optional[jax.Array] = None, replacement: bool = False) -> jax.Array:
+             image_mode: bool = False, known: Optional[jax.Array] = None, replacement: bool = False,
+             init: Optional[jax.Array] = None, strength: float = 1.0) -> jax.Array:
     """Samples clips shaped like `noise` (B, T, H, W, C) in [-1, 1] with config.sample settings;
     `image_mode` generates every frame independently (temporal modules bypassed).
 
@@ -57,12 +58,24 @@ def generate(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, num
     `replacement` a text-to-video model through the replacement method (the known pixels re-noised
     and pasted in before every step). Either way the known pixels are pasted into the result, so
     they equal the input exactly.
+
+    `init` (shaped like `noise`) is a clip to edit (SDEdit): it is diffused with `noise` to the grid
+    point of `strength` (`diffusion.sdedit_steps`) and denoised from there with the prompt.
     """
     schedule = diffusion.schedule_from_config(config.diffusion)
     parameterization = diffusion.parameterization_from_config(config.diffusion)
     settings = diffusion.sampler_settings_from_config(config.sample)
     if num_steps is not None:
         settings = dataclasses.replace(settings, num_steps=num_steps)
+    t_start = 1.0
+    if init is not None:
+        steps = diffusion.sdedit_steps(strength, settings.num_steps)
+        if steps == 0:
+            return jnp.clip(init, -1.0, 1.0)
+        if steps < settings.num_steps:
+            t_start = steps / settings.num_steps
+            noise = diffusion.diffuse(init.astype(jnp.float32), noise, schedule.logsnr(t_start))
+        settings = dataclasses.replace(settings, num_steps=steps)
     replace = None
     if known is not None:
         values, mask = split_known(known)
@@ -73,7 +86,7 @@ def generate(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, num
     model_fn = clip_model_fn(model, noise.shape[1], window, overlap, constrain, image_mode)
     predict = diffusion.classifier_free_guidance(model_fn, cond, null_of(cond), settings.guidance_scale)
     video = jnp.clip(diffusion.sample(predict, noise, rng, schedule, settings, parameterization=parameterization,
-                                      known=replace), -1.0, 1.0)
+                                      t_start=t_start, known=replace), -1.0, 1.0)
     return video if known is None else paste_known(video, known)
 
 

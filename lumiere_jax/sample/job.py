@@ -28,7 +28,8 @@ from tqdm import tqdm
 from lumiere_jax import diffusion
 from lumiere_jax.models.conditioning import upsample
 from lumiere_jax.models.unet import UNet, UNetConfig
-from lumiere_jax.models.weights import load_weights
+from lumiere_jax.diffusion.samplers import sdedit_steps
+from lumiere_jax.models.weights import interpolate_spatial, load_weights
 from lumiere_jax.parallel import batch_shard_count, batch_sharding, create_sharded, logical_axis_rules, mesh_from_config
 from lumiere_jax.sample.generate import generate, paste_known
 from lumiere_jax.sample.masks import KNOWN_CHANNELS, known_input
@@ -37,6 +38,7 @@ from lumiere_jax.sample.video_io import contact_sheet, to_uint8, write_gif, writ
 
 
 TASK_METHODS = ("model", "replacement")
+UNKNOWN_TASKS = ("t2v", "edit")  # tasks with no known pixels
 
 
 def load_prompts(sample) -> list[str]:
@@ -128,7 +130,7 @@ class StageRunner:
                 return x
             return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, rules, x.ndim))
 
-        def run(state, text, mask, lowres, known, keys):
+        def run(state, text, mask, lowres, known, init, keys):
             model = nnx.merge(graphdef, state)
             noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), (frames, size, size, 3)))(keys)
             cond = {"text": text, "mask": mask}
@@ -139,14 +141,14 @@ class StageRunner:
                 cond.update(lowres=noisy, aug=aug)
             return generate(model, cond, noise, jax.random.fold_in(keys[0], 2), config, window=window,
                             overlap=overlap, constrain=constrain, image_mode=image_mode, known=known,
-                            replacement=replacement)
+                            replacement=replacement, init=init, strength=config.sample.strength)
 
         self.run = jax.jit(run)
 
-    def __call__(self, text, mask, lowres, known, keys):
+    def __call__(self, text, mask, lowres, known, init, keys):
         put = lambda a: None if a is None else jax.device_put(a, batch_sharding(self.mesh, self.rules, a.ndim))  # noqa: E731
         with jax.set_mesh(self.mesh):
-            out = self.run(self.state, put(text), put(mask), put(lowres), put(known), put(keys))
+            out = self.run(self.state, put(text), put(mask), put(lowres), put(known), put(init), put(keys))
             return np.asarray(jax.device_get(out))
 
 
@@ -171,9 +173,11 @@ def sample(config, workdir) -> dict:
         raise ValueError(f"sample.batch_size={s.batch_size} must be >= 1")
     size = base.config.data.resolution
     loaded = [load_inputs(s.task, r, frames, s.fps) for r in requests]
-    known, task_info = known_inputs(s.task, loaded, size, frames, size)
-    if s.task == "t2v" and base.model_config.conditioning_channels == 0:
+    known, clips, task_info = known_inputs(s.task, loaded, size, frames, size)
+    init = clips if s.task == "edit" else None  # the clip SDEdit starts from (nothing is known)
+    if s.task in UNKNOWN_TASKS and base.model_config.conditioning_channels == 0:
         known = None  # a text-to-video checkpoint has no <C, M> input; a conditional one reads "nothing known"
+    check_style(s)
     mesh = mesh_from_config(config.mesh)
     rules = logical_axis_rules(config.mesh.rules)
     timings = {}
@@ -192,11 +196,14 @@ def sample(config, workdir) -> dict:
         return None if array is None else array[np.asarray(rows)]
 
     start = time.perf_counter()
-    base_runner = StageRunner(base.build(mesh, rules), config, frames, size, train_frames, s.window_overlap, mesh,
-                              rules, image_mode=s.image_mode, replacement=replacement)
+    model = base.build(mesh, rules)
+    style = interpolate_spatial(model, s.style_checkpoint, s.style_alpha) if s.style_checkpoint else None
+    base_runner = StageRunner(model, config, frames, size, train_frames, s.window_overlap, mesh, rules,
+                              image_mode=s.image_mode, replacement=replacement)
     videos = np.zeros((len(prompts), frames, size, size, 3), np.float32)
     for rows in tqdm(batches, desc="base", disable=jax.process_index() != 0):
-        out = base_runner(padded(rows, emb), padded(rows, mask), None, padded(rows, known), padded(rows, keys))
+        out = base_runner(padded(rows, emb), padded(rows, mask), None, padded(rows, known), padded(rows, init),
+                          padded(rows, keys))
         videos[rows] = out[: len(rows)]
     timings["base_seconds"] = time.perf_counter() - start
 
@@ -209,10 +216,11 @@ def sample(config, workdir) -> dict:
         high = np.zeros((len(prompts), frames, high_size, high_size, 3), np.float32)
         ssr_keys = jax.vmap(lambda k: jax.random.fold_in(k, 7))(keys)
         for rows in tqdm(batches, desc="ssr", disable=jax.process_index() != 0):
-            out = runner(padded(rows, emb), padded(rows, mask), padded(rows, lowres_all), None, padded(rows, ssr_keys))
+            out = runner(padded(rows, emb), padded(rows, mask), padded(rows, lowres_all), None, None,
+                         padded(rows, ssr_keys))
             high[rows] = out[: len(rows)]
         videos = high
-        if s.task != "t2v":  # the input's known pixels, fitted to the output size, pasted in after SSR too
+        if s.task not in UNKNOWN_TASKS:  # the input's known pixels, fitted to the output size, pasted in after SSR too
             videos = np.asarray(paste_known(videos, known_inputs(s.task, loaded, high_size, frames, size)[0]))
         timings["ssr_seconds"] = time.perf_counter() - start
 
@@ -225,7 +233,9 @@ def sample(config, workdir) -> dict:
                      "threshold_percentile": s.threshold_percentile, "seed": s.seed, "num_frames": frames,
                      "base_checkpoint": str(base.path), "ssr_checkpoint": str(ssr.path) if ssr else None,
                      "fps": s.fps, "image_mode": s.image_mode, "task": s.task,
-                     "task_method": s.task_method if s.task != "t2v" else None, "paste_known": s.task != "t2v"},
+                     "task_method": s.task_method if s.task not in UNKNOWN_TASKS else None,
+                     "paste_known": s.task not in UNKNOWN_TASKS,
+                     "strength": s.strength if s.task == "edit" else None, "style": style},
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
     if jax.process_index() == 0:
@@ -239,7 +249,9 @@ def check_task_method(sample, base: Stage) -> bool:
     channels = base.model_config.conditioning_channels
     if sample.task_method not in TASK_METHODS:
         raise ValueError(f"sample.task_method={sample.task_method!r} is not one of {', '.join(TASK_METHODS)}")
-    if sample.task == "t2v":
+    if sample.task in UNKNOWN_TASKS:  # any checkpoint: nothing is known (edit starts from its input instead)
+        if sample.task == "edit":
+            sdedit_steps(sample.strength, sample.num_steps)
         return False
     if sample.task_method == "replacement":
         if channels:
@@ -254,14 +266,27 @@ def check_task_method(sample, base: Stage) -> bool:
     return False
 
 
-def known_inputs(task: str, loaded: list, size: int, frames: int, base_size: int) -> tuple[np.ndarray, list]:
-    """(N, T, size, size, 4) ⟨C, M⟩ of every request and what was read for each (files, hashes, fitting)."""
-    known, info = [], []
+def check_style(sample) -> None:
+    """sample.style_checkpoint / style_alpha, before any model is built (the backbone is checked on load)."""
+    if sample.style_checkpoint and not (pathlib.Path(sample.style_checkpoint) / "params").is_dir():
+        raise FileNotFoundError(f"sample.style_checkpoint {sample.style_checkpoint} is not an export (needs params/; "
+                                "write one with --mode=export of a train.trainable=spatial run)")
+    alpha = sample.style_alpha
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"sample.style_alpha={alpha!r} must be a number in [0, 1] (0: the base model's spatial "
+                         "weights, 1: the style's)")
+
+
+def known_inputs(task: str, loaded: list, size: int, frames: int, base_size: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """Every request's ⟨C, M⟩ (N, T, size, size, 4), its input clip (N, T, size, size, 3) and what was read
+    for it (files, hashes, fitting)."""
+    known, clips, info = [], [], []
     for item in loaded:
         clip, mask, fit = build_known(task, item, size, frames, size / base_size)
         known.append(np.asarray(known_input(clip, mask)))
+        clips.append(clip)
         info.append({"files": item.files, **item.source, **fit} if task != "t2v" else {})
-    return np.stack(known), info
+    return np.stack(known), np.stack(clips), info
 
 
 def write_outputs(workdir: pathlib.Path, prompts: list[str], videos: np.ndarray, fps: float) -> list[dict]:

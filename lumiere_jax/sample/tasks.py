@@ -15,7 +15,9 @@ model's 4 extra channels:
                or one number, in pixels of the model's frame; "fit": the video's own aspect ratio,
                centred), the border generated;
   cinemagraph  an image (sample.input) on every frame, known on frame 0 and outside the region of
-               sample.mask (white = the part that moves).
+               sample.mask (white = the part that moves);
+  edit         a video (sample.input) that SDEdit starts from (noised to sample.strength of the way,
+               then denoised with the prompt): nothing is known, the clip is the starting point.
 """
 from __future__ import annotations
 
@@ -28,9 +30,9 @@ import numpy as np
 
 from lumiere_jax.sample import inputs
 
-TASKS = ("t2v", "i2v", "inpaint", "outpaint", "cinemagraph")
+TASKS = ("t2v", "i2v", "inpaint", "outpaint", "cinemagraph", "edit")
 IMAGE_TASKS = ("i2v", "cinemagraph")
-VIDEO_TASKS = ("inpaint", "outpaint")
+VIDEO_TASKS = ("inpaint", "outpaint", "edit")
 MASK_TASKS = ("inpaint", "cinemagraph")
 
 
@@ -166,10 +168,11 @@ def build_known(task: str, loaded: LoadedRequest, size: int, num_frames: int, sc
             clip[:] = image
             known[:] = ~region
             known[0] = True
-    elif task == "inpaint":
+    elif task in ("inpaint", "edit"):
         clip[:] = [_unit(inputs.fit_image(f, size, size)) for f in loaded.frames]
         info["input"] = inputs.describe_fit(loaded.source_size, size, size)
-        known = ~_region(request.mask, loaded, size, num_frames, scale)
+        if task == "inpaint":
+            known = ~_region(request.mask, loaded, size, num_frames, scale)
     else:  # outpaint
         top, right, bottom, left = outpaint_border(request.outpaint, loaded.source_size, size, scale)
         inner_w, inner_h = size - left - right, size - top - bottom

@@ -20,6 +20,7 @@ from absl import logging
 from flax import nnx
 from tqdm import tqdm
 
+from lumiere_jax.models import param_groups
 from lumiere_jax.models.unet import UNet, UNetConfig
 from lumiere_jax.models.weights import load_weights, save_weights
 from lumiere_jax.parallel import batch_sharding, create_sharded, logical_axis_rules, mesh_from_config, state_shardings
@@ -250,7 +251,8 @@ def _log(step, history, batch, batches, info, peak, interval_start, writer, bar)
 
 
 def export(config, workdir) -> pathlib.Path:
-    """`--mode=export`: writes the latest checkpoint's EMA parameters for sampling to workdir/export."""
+    """`--mode=export`: writes the latest checkpoint's EMA parameters for sampling to workdir/export
+    (with train.trainable=spatial, the spatial ones only)."""
     workdir = pathlib.Path(workdir)
     mesh = mesh_from_config(config.mesh)
     rules = logical_axis_rules(config.mesh.rules)
@@ -262,6 +264,9 @@ def export(config, workdir) -> pathlib.Path:
     nnx.update(ts, checkpointer.restore(step, nnx.state(ts), None))
     checkpointer.close()
     out = workdir / "export"
-    save_weights(out, nnx.state(ts.ema_model(), nnx.Param), json.loads(config.to_json()))
+    # A spatial fine-tune (a style, or T2I pre-training) exports its spatial weights only: what
+    # sample.style_checkpoint interpolates and what train.init_from inflates.
+    which = param_groups.SPATIAL if config.train.trainable == "spatial" else nnx.Param
+    save_weights(out, nnx.state(ts.ema_model(), which), json.loads(config.to_json()))
     logging.info("exported EMA weights of step %d to %s", step, out)
     return out
