@@ -26,10 +26,16 @@ def get_config(arg=None):
     tr = c.train
     tr.trainable = "spatial"
     tr.init_from = "demo/checkpoint"
-    tr.num_steps = 300
-    tr.learning_rate = 2e-4
-    tr.warmup_steps = 20
-    tr.ema_decay = 0.99
-    tr.checkpoint_every = 100
+    # A light fine-tune: the grey is learnt within tens of steps, while every further step also moves
+    # the spatial weights towards working without the temporal modules (image mode), which the demo
+    # model was never trained for, and that weakens the motion of the interpolated STUNet (measured
+    # on 12 held-out clips at alpha 0.5: direction 83% / presence 99% after 40 or 80 steps at 1e-4,
+    # 79% / 87% after 300 steps at 2e-4).
+    tr.num_steps = 40
+    tr.learning_rate = 1e-4
+    tr.warmup_steps = 5
+    tr.ema_decay = 0.9
+    tr.checkpoint_every = 40
     c.sample.style_checkpoint = "demo/style_checkpoint"
+    c.sample.style_alpha = 0.5
     return c
