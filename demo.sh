@@ -13,5 +13,8 @@ export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 devices=1
 while [ $((devices * 2)) -le "$(nproc)" ] && [ "$devices" -lt 8 ]; do devices=$((devices * 2)); done
 export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=$devices}"
+# A persistent compilation cache: the conditional tasks share one compiled sampler, and a second run
+# of the demo skips most compiles.
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-workdir/.jax_cache}"
 # --verbosity=-1: warnings only, so progress bars and results are what the terminal shows.
 exec .venv/bin/python -m lumiere_jax.main --config=configs/demo.py --workdir="$workdir" --mode=demo --verbosity=-1 "$@"

@@ -41,6 +41,7 @@ from lumiere_jax.train.trainer import train
 REPORT_NAME = "demo_report.json"
 OUTPUTS = ("samples", "tasks", "data", "train", REPORT_NAME)
 I2V_IMAGES = 2  # first frames the image-to-video part animates, each with every direction word
+TASK_BATCH = 4  # clips per sampler call in every task: one program shape, compiled once (with a compilation cache)
 PREVIEW_SCALE = 4  # overview pixels per clip pixel: 32x32 clips are too small to watch as they are
 
 
@@ -107,7 +108,8 @@ def conditional_tasks(config, directory: pathlib.Path) -> dict:
     from lumiere_jax.evaluation.conditional import heldout_clips, score_task, write_requests
 
     cfg = copy.deepcopy(config)
-    cfg.sample.update(base_checkpoint=config.demo.conditional_checkpoint, prompts=[], prompts_file="")
+    cfg.sample.update(base_checkpoint=config.demo.conditional_checkpoint, prompts=[], prompts_file="",
+                      batch_size=TASK_BATCH)
     frames, size, fps = config.data.num_frames, config.data.resolution, config.sample.fps
     results = {}
     for task in config.demo.conditional_tasks:
