@@ -6,18 +6,14 @@
 # style scores (scripts/evaluate_edit_and_style.py). Every step resumes or skips what is done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure_env.sh ""
-py=.venv/bin/python
-export JAX_PLATFORMS=cpu
-export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=2}"
+# shellcheck source=scripts/demo_env.sh
+source scripts/demo_env.sh
 root=workdir/demo_style
-heldout=$($py -c "import sys; sys.path.insert(0, 'configs'); from demo import HELDOUT; print(HELDOUT)")
 $py scripts/make_style_images.py --output_dir $root/images --num_images 256 --heldout "$heldout"
 $py -m data_pipelines.prepare_images --image_dir $root/images --output_dir $root/data --sizes 32 --num_shards 2 \
   --workers 1 >/dev/null
-$py -m data_pipelines.encode_captions --input "$root/data/*.jsonl" --encoder tiny --checkpoint_format seed --init_seed 0 \
-  --vocabulary demo/checkpoint/vocab.model --max_length 8 --dtype float32 --batch_size 64 >/dev/null
-train=(-m lumiere_jax.main --config=configs/demo_style.py --workdir=$root/run --mode=train)
+encode_demo_captions "$root/data/*.jsonl"
+train=(-m lumiere_jax.main --config=configs/demo_style.py --workdir="$root/run" --mode=train)
 $py "${train[@]}"
 $py -m lumiere_jax.main --config=configs/demo_style.py --workdir=$root/run --mode=export
 rm -rf demo/style_checkpoint

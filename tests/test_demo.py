@@ -105,15 +105,16 @@ def test_conditional_provenance_meets_every_task_target_and_reports_the_baseline
 
 
 def test_conditional_checkpoint_animates_heldout_images_the_way_each_word_says(repo_root, tmp_path):
-    """Image-to-video with the provenance protocol: two first frames of every held-out combination,
-    each with the four direction words, through the sampling job's tasks_file path."""
+    """Image-to-video as in the provenance protocol (one first frame of every held-out combination
+    here instead of two, to keep the suite short), each with the four direction words, through the
+    sampling job's tasks_file path."""
     config = demo_config(repo_root)
     config.sample.base_checkpoint = str(repo_root / "demo" / "conditional_checkpoint")
-    clips = heldout_clips(demo.HELDOUT, 2, config.data.num_frames, config.data.resolution, central=True)
+    clips = heldout_clips(demo.HELDOUT, 1, config.data.num_frames, config.data.resolution, central=True)
     config.sample.update(task="i2v", tasks_file=str(write_requests("i2v", clips, tmp_path / "inputs", 16.0)))
     sample(config, tmp_path)
     scores = score_task("i2v", tmp_path, pathlib.Path(config.sample.tasks_file), demo.HELDOUT, 16.0)
-    assert scores["num_clips"] == 48 and scores["known_pixels_kept"] == 1.0
+    assert scores["num_clips"] == 24 and scores["known_pixels_kept"] == 1.0
     for metric, target in demo_conditional.TARGETS["i2v"].items():
         assert scores[metric] >= target, (metric, scores)
 
