@@ -10,8 +10,8 @@ Three parts, so each is seen working:
             config.demo.conditional_tasks on inputs made from held-out clips (image-to-video: two first
             frames, each with the four direction words; inpainting and cinemagraphs: one clip of every
             held-out combination) through the sampling job -> DIR/tasks/TASK/: the input files and
-            tasks.jsonl, the clips, overview.gif (top row the known pixels given, bottom row the
-            result) and the task's scores;
+            tasks.jsonl, the clips, overview.gif (top row the known pixels given, the rest grey;
+            bottom row the result) and the task's scores;
   training  config.demo.train_examples synthetic clips (held-out combinations excluded) -> DIR/data/,
             their captions encoded with config.text's encoder, then config.demo.train_steps steps of
             the same model from scratch -> DIR/train/ (TensorBoard, checkpoints, train_summary.json),
@@ -41,6 +41,7 @@ from lumiere_jax.train.trainer import train
 REPORT_NAME = "demo_report.json"
 OUTPUTS = ("samples", "tasks", "data", "train", REPORT_NAME)
 I2V_IMAGES = 2  # first frames the image-to-video part animates, each with every direction word
+UNKNOWN_GREY = 64  # how the overviews show the pixels a task generates
 TASK_BATCH = 4  # clips per sampler call in every task: one program shape, compiled once (with a compilation cache)
 PREVIEW_SCALE = 4  # overview pixels per clip pixel: 32x32 clips are too small to watch as they are
 
@@ -128,11 +129,12 @@ def conditional_tasks(config, directory: pathlib.Path) -> dict:
 
 
 def known_pixels(task: str, line: str, frames: int, size: int, fps: float) -> np.ndarray:
-    """uint8 (T, H, W, 3): what a request gives the model, the pixels to generate black."""
+    """uint8 (T, H, W, 3): what a request gives the model, the pixels to generate grey (the domain's
+    background is black, so the region left to the model stays visible)."""
     from lumiere_jax.sample.tasks import Request, build_known, load_inputs
 
     clip, known, _ = build_known(task, load_inputs(task, Request(**json.loads(line)), frames, fps), size, frames)
-    return np.where(known[..., None], to_uint8(clip), 0).astype(np.uint8)
+    return np.where(known[..., None], to_uint8(clip), UNKNOWN_GREY).astype(np.uint8)
 
 
 def make_training_data(config, directory: pathlib.Path) -> None:
