@@ -86,12 +86,16 @@ def resize_cover(image: Image.Image, width: int, height: int) -> np.ndarray:
     cropping gives (pixels just outside the region still feed the filter), without resizing
     the discarded sides; PIL's bicubic filter widens when shrinking, so it is antialiased.
     """
-    w, h = image.size
+    box = cover_box(image.size, width, height)
+    return np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC, box=box))
+
+
+def cover_box(source_size: tuple[int, int], width: int, height: int) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the centre region of a (w, h) source that scales to cover width x height."""
+    w, h = source_size
     scale = max(width / w, height / h)
     crop_w, crop_h = width / scale, height / scale
-    left, top = (w - crop_w) / 2, (h - crop_h) / 2
-    box = (left, top, left + crop_w, top + crop_h)
-    return np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC, box=box))
+    return ((w - crop_w) / 2, (h - crop_h) / 2, (w + crop_w) / 2, (h + crop_h) / 2)
 
 
 def clips_at_sizes(

@@ -76,6 +76,13 @@ def load_weights(path: pathlib.Path, model: nnx.Module) -> str:
     return kind
 
 
+def check_style_alpha(alpha) -> float:
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"sample.style_alpha={alpha!r} must be a number in [0, 1] (0: the base model's spatial "
+                         "weights, 1: the style's)")
+    return float(alpha)
+
+
 def interpolate_spatial(model: nnx.Module, style_path, alpha: float) -> dict:
     """Stylized generation (Lumiere section 4): W = alpha W_style + (1 - alpha) W for every SPATIAL
     parameter of `model`, in place, from a style export (a T2I-style fine-tune of the same backbone,
@@ -85,9 +92,7 @@ def interpolate_spatial(model: nnx.Module, style_path, alpha: float) -> dict:
     a missing or mis-shaped spatial parameter is an error naming it. Returns what was done.
     """
     path = pathlib.Path(style_path).absolute()
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"sample.style_alpha={alpha!r} must be a number in [0, 1] (0: the base model's spatial "
-                         "weights, 1: the style's)")
+    check_style_alpha(alpha)
     if not (path / "params").is_dir():
         raise FileNotFoundError(f"sample.style_checkpoint {path} is not an export (expected {path / 'params'}); "
                                 "write one with --mode=export of a train.trainable=spatial run")

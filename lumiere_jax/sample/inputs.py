@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from data_pipelines.clips import resample, resize_cover
+from data_pipelines.clips import cover_box, resample, resize_cover
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -64,11 +64,10 @@ def fit_image(image: Image.Image, width: int, height: int) -> np.ndarray:
 
 def describe_fit(source_size: tuple[int, int], width: int, height: int) -> dict:
     """What fitting a (w, h) source into width x height did, for the report."""
-    w, h = source_size
-    scale = max(width / w, height / h)
-    crop = (round(width / scale), round(height / scale))
-    return {"source_size": [w, h], "scale": round(scale, 6), "kept_source_region": list(crop),
-            "crop_offset": [round((w - crop[0]) / 2, 2), round((h - crop[1]) / 2, 2)], "size": [width, height]}
+    left, top, right, bottom = cover_box(source_size, width, height)
+    return {"source_size": list(source_size), "scale": round(width / (right - left), 6),
+            "kept_source_region": [round(right - left), round(bottom - top)],
+            "crop_offset": [round(left, 2), round(top, 2)], "size": [width, height]}
 
 
 def read_video(path, num_frames: int, fps: float) -> tuple[list[Image.Image], dict]:
@@ -120,15 +119,8 @@ def _fit_mask(mask: np.ndarray, source_size: tuple[int, int], width: int, height
                          f"model's frame {width}x{height}): give a mask of either size")
     flat = mask.reshape(-1, h, w)
     fitted = [np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(
-        (width, height), Image.Resampling.NEAREST, box=_cover_box((w, h), width, height))) > 127 for m in flat]
+        (width, height), Image.Resampling.NEAREST, box=cover_box((w, h), width, height))) > 127 for m in flat]
     return np.stack(fitted).reshape(mask.shape[:-2] + (height, width))
-
-
-def _cover_box(source_size, width: int, height: int) -> tuple[float, float, float, float]:
-    w, h = source_size
-    scale = max(width / w, height / h)
-    cw, ch = width / scale, height / scale
-    return ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
 
 
 def parse_box(spec: str) -> Optional[tuple[float, ...]]:

@@ -29,7 +29,7 @@ from lumiere_jax import diffusion
 from lumiere_jax.models.conditioning import upsample
 from lumiere_jax.models.unet import UNet, UNetConfig
 from lumiere_jax.diffusion.samplers import sdedit_steps
-from lumiere_jax.models.weights import interpolate_spatial, load_weights
+from lumiere_jax.models.weights import check_style_alpha, interpolate_spatial, load_weights
 from lumiere_jax.parallel import batch_shard_count, batch_sharding, create_sharded, logical_axis_rules, mesh_from_config
 from lumiere_jax.sample.generate import generate, paste_known
 from lumiere_jax.sample.masks import KNOWN_CHANNELS, known_input
@@ -271,10 +271,7 @@ def check_style(sample) -> None:
     if sample.style_checkpoint and not (pathlib.Path(sample.style_checkpoint) / "params").is_dir():
         raise FileNotFoundError(f"sample.style_checkpoint {sample.style_checkpoint} is not an export (needs params/; "
                                 "write one with --mode=export of a train.trainable=spatial run)")
-    alpha = sample.style_alpha
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"sample.style_alpha={alpha!r} must be a number in [0, 1] (0: the base model's spatial "
-                         "weights, 1: the style's)")
+    check_style_alpha(sample.style_alpha)
 
 
 def known_inputs(task: str, loaded: list, size: int, frames: int, base_size: int) -> tuple[np.ndarray, np.ndarray, list]:

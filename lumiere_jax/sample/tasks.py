@@ -32,7 +32,6 @@ from lumiere_jax.sample import inputs
 
 TASKS = ("t2v", "i2v", "inpaint", "outpaint", "cinemagraph", "edit")
 IMAGE_TASKS = ("i2v", "cinemagraph")
-VIDEO_TASKS = ("inpaint", "outpaint", "edit")
 MASK_TASKS = ("inpaint", "cinemagraph")
 
 
