@@ -36,6 +36,5 @@ def get_config(arg=None):
     tr.warmup_steps = 5
     tr.ema_decay = 0.9
     tr.checkpoint_every = 40
-    c.sample.style_checkpoint = "demo/style_checkpoint"
-    c.sample.style_alpha = 0.5
+    c.sample.style_checkpoint = c.demo.style_checkpoint  # sampling with this config applies the style
     return c

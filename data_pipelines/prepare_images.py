@@ -75,7 +75,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not items:
             raise runner.JobError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {args.image_dir}")
         per_shard = [items[k::args.num_shards] for k in range(args.num_shards)]
-        tasks = runner.make_tasks(args.output_dir, args.prefix, per_shard, [len(p) for p in per_shard])
+        tasks = runner.make_tasks(args.output_dir, args.prefix, per_shard, [len(p) for p in per_shard],
+                                  runner.file_items_identity)
         return runner.run_job(JOB, tasks, shard_fn, settings, args.output_dir, args.prefix, args.workers, args.overwrite)
 
     return runner.cli(run)

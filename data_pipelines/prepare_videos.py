@@ -10,7 +10,9 @@ with a caption sidecar `<name>.txt`. Every video is decoded with PyAV, resampled
 centre-cropped to a square and resized to each of --sizes. Videos that are missing, unreadable,
 corrupt, too short, too small or too slow (fps below the target) are skipped and counted by
 reason in the summary. Shards are assigned videos round-robin; re-running the same command
-keeps the finished shards and writes the rest.
+keeps the finished shards and writes the rest, also after the videos (and the manifest, whose
+relative paths then still hold) moved elsewhere: a shard is checked against its videos' keys,
+captions, segments and contents, not their locations (see `runner.file_items_identity`).
 """
 from __future__ import annotations
 
@@ -245,7 +247,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not items:
             raise runner.JobError(f"no videos found in {args.manifest or args.video_dir}")
         per_shard = [items[k :: args.num_shards] for k in range(args.num_shards)]
-        tasks = runner.make_tasks(args.output_dir, args.prefix, per_shard, [len(p) for p in per_shard])
+        sizes = [len(p) for p in per_shard]
+        tasks = runner.make_tasks(args.output_dir, args.prefix, per_shard, sizes, runner.file_items_identity)
         return runner.run_job(
             JOB, tasks, shard_fn, settings, args.output_dir, args.prefix, args.workers, args.overwrite
         )

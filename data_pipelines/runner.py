@@ -4,7 +4,9 @@ A job splits its inputs into one `ShardTask` per output shard and supplies a mod
 `shard_fn(items, settings, sink)` that turns one task's items into records. The runner:
   * keeps shards that already exist (a shard is written under a temporary name and renamed
     when complete, so an existing shard is a finished one) after checking, through the stats
-    file written next to it, that it came from the same inputs and settings;
+    file written next to it, that it came from the same inputs and settings (what defines a
+    shard, not where its input files lie: see `file_items_identity`), and names what changed
+    when it did not;
   * runs the remaining tasks in worker processes (spawned, not forked: safe from a parent
     that holds threads), with one progress bar over input items;
   * counts every skipped input by reason instead of dying on it, and writes a summary JSON.
@@ -55,17 +57,72 @@ class ShardTask:
     path: str
     items: Any  # picklable description of this shard's inputs, read by the job's shard_fn
     num_items: Optional[int]  # for the progress bar; None when unknown until read
+    identity: Any  # JSON-able: what of `items` defines the shard's content (see make_tasks)
 
 
 def make_tasks(
-    output_dir: str, prefix: str, item_lists: Sequence[Any], sizes: Sequence[Optional[int]]
+    output_dir: str,
+    prefix: str,
+    item_lists: Sequence[Any],
+    sizes: Sequence[Optional[int]],
+    identify: Optional[Callable[[Any], Any]] = None,
 ) -> list[ShardTask]:
-    """One task per entry of `item_lists`, shard k of len(item_lists), with its item count."""
+    """One task per entry of `item_lists`, shard k of len(item_lists), with its item count.
+
+    `identify(items)` is what of a task's items defines its shard; the shard's stats record it,
+    and a re-run keeps the shard only while it is unchanged. Without it the items themselves
+    are used, right for jobs whose items are numbers (seeds, ranges); jobs whose items name
+    input files pass `file_items_identity`, so that their shards survive the inputs moving.
+    """
     count = len(item_lists)
+    paths = [os.path.join(output_dir, shard_name(prefix, k, count)) for k in range(count)]
     return [
-        ShardTask(k, os.path.join(output_dir, shard_name(prefix, k, count)), items, n)
-        for k, (items, n) in enumerate(zip(item_lists, sizes))
+        ShardTask(k, path, items, n, identify(items) if identify else items)
+        for k, (path, items, n) in enumerate(zip(paths, item_lists, sizes))
     ]
+
+
+CONTENT_SAMPLE_BYTES = 1 << 16  # read from each end of an input file for its content identity
+
+
+def file_identity(path: str) -> Optional[dict[str, Any]]:
+    """A file's size and a SHA-1 of its first and last 64 KiB (all of it when smaller), or None
+    when it cannot be read (the job then skips it, and a readable file later counts as a change).
+
+    Not a hash of the whole file: that would read every input in full at every start, which on
+    resuming a large video set costs about as much I/O as the job itself. Another video under
+    the same name (re-encoded, trimmed, a different take) changes the size or the container
+    header and index at the ends, so the size and the ends tell files apart in two small reads;
+    an edit that keeps the size and touches only the middle of a file goes unnoticed.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            digest = hashlib.sha1(f.read(CONTENT_SAMPLE_BYTES))
+            if size > CONTENT_SAMPLE_BYTES:
+                f.seek(max(CONTENT_SAMPLE_BYTES, size - CONTENT_SAMPLE_BYTES))
+                digest.update(f.read())
+    except OSError:
+        return None
+    return {"size": size, "sha1_of_ends": digest.hexdigest()}
+
+
+def file_items_identity(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The identity of items that name an input file under 'path': every other field, and the
+    file's `file_identity` as 'content' in place of the path.
+
+    Where a file lies is not part of the output (a record names its source by the item's key:
+    the path relative to the input folder, or as the manifest wrote it), so moving the input
+    folder (and its manifest) keeps the finished shards. Its content is, so a file replaced
+    under the same name is a change, as is any changed key, caption or segment.
+    """
+    identities = []
+    for item in items:
+        identity = {k: v for k, v in item.items() if k != "path"}
+        if "path" in item:
+            identity["content"] = file_identity(item["path"])
+        identities.append(identity)
+    return identities
 
 
 def stats_path(shard_path: str) -> str:
@@ -117,7 +174,7 @@ def _write_json(path: str, value: Any) -> None:
     os.replace(path + TMP_SUFFIX, path)
 
 
-def _run_task(shard_fn, task: ShardTask, settings: dict, fingerprint: str, progress) -> dict:
+def _run_task(shard_fn, task: ShardTask, settings: dict, fingerprint: dict, progress) -> dict:
     """Writes one shard; the stats file lands first, so an existing shard always has one."""
     writer = ShardWriter(task.path, settings["codec"], settings["quality"])
     sink = ShardSink(writer, progress)
@@ -148,14 +205,48 @@ def _run_task_in_worker(args) -> tuple[int, Optional[dict], Optional[str]]:
         return task.index, None, traceback.format_exc()
 
 
-def fingerprint_of(job: str, settings: dict, tasks: Sequence[ShardTask]) -> str:
-    """Identifies what a shard holds: the job, its settings and every shard's inputs."""
-    content = {"job": job, "settings": settings, "items": [t.items for t in tasks]}
-    blob = json.dumps(content, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode("utf-8")).hexdigest()
+def shard_fingerprint(job: str, settings: dict, task: ShardTask) -> dict:
+    """What a shard is written from: the job, its settings and its inputs' identity (its index
+    and the shard count are in its name). Kept whole rather than hashed, so that a mismatch can
+    name what changed; JSON-normalised, so it compares equal to the copy read from the stats."""
+    content = {"job": job, "settings": settings, "inputs": task.identity}
+    return json.loads(json.dumps(content, sort_keys=True, default=str))
 
 
-def _kept_stats(task: ShardTask, fingerprint: str, overwrite: bool) -> Optional[dict]:
+def _what_changed(stats: Optional[dict], wanted: dict) -> str:
+    """Why a finished shard cannot be kept, naming the first part of its fingerprint that differs."""
+    if stats is None:
+        return "has no stats file, so what it was written from is unknown"
+    had = stats.get("fingerprint")
+    if not isinstance(had, dict) or set(had) != set(wanted):
+        return "was written by an older version of the job, whose stats file does not record its inputs"
+    if had["job"] != wanted["job"]:
+        return f"was written by the job {had['job']}, not {wanted['job']}"
+    if had["settings"] != wanted["settings"]:
+        return f"was written with other settings ({_changes(had['settings'], wanted['settings'])})"
+    return f"was written from other inputs ({_input_change(had['inputs'], wanted['inputs'])})"
+
+
+def _changes(old: dict, new: dict) -> str:
+    """'name: old -> new' for every entry of two dicts that differs (null where one is absent)."""
+    names = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in names)
+
+
+def _input_change(old: Any, new: Any) -> str:
+    """The first input that differs between a shard's recorded inputs and today's."""
+    if not (isinstance(old, list) and isinstance(new, list)):
+        return f"{json.dumps(old)} -> {json.dumps(new)}"
+    if len(old) != len(new):
+        return f"it holds {len(old)} inputs, today's inputs give it {len(new)}: inputs were added or removed"
+    i, a, b = next((i, a, b) for i, (a, b) in enumerate(zip(old, new)) if a != b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        name = json.dumps(b["key"]) if "key" in b and a.get("key") == b["key"] else str(i)
+        return f"input {name}: {_changes(a, b)}"
+    return f"input {i}: {json.dumps(a)} -> {json.dumps(b)}"
+
+
+def _kept_stats(task: ShardTask, fingerprint: dict, overwrite: bool) -> Optional[dict]:
     """Stats of a finished shard to keep, or None when it must be (re)written."""
     for leftover in (task.path + TMP_SUFFIX, captions_path(task.path) + TMP_SUFFIX):
         if os.path.exists(leftover):
@@ -172,8 +263,8 @@ def _kept_stats(task: ShardTask, fingerprint: str, overwrite: bool) -> Optional[
         os.remove(task.path)
         return None
     raise JobError(
-        f"{task.path} exists but was written from other inputs or settings; write to a new --output_dir, "
-        "or pass --overwrite to replace the shards there"
+        f"{task.path} exists but {_what_changed(stats, fingerprint)}; write to a new --output_dir, "
+        "or pass --overwrite to rewrite the shards whose inputs or settings changed"
     )
 
 
@@ -193,19 +284,19 @@ def _remove_or_refuse_stale(output_dir: str, prefix: str, tasks: Sequence[ShardT
                 os.remove(leftover)
 
 
-def _run_pending(shard_fn, pending, settings, fingerprint, workers, bar) -> tuple[dict[int, dict], dict[int, str]]:
+def _run_pending(shard_fn, pending, settings, fingerprints, workers, bar) -> tuple[dict[int, dict], dict[int, str]]:
     done: dict[int, dict] = {}
     failed: dict[int, str] = {}
     if workers <= 1 or len(pending) <= 1:
         for task in pending:
             try:
-                done[task.index] = _run_task(shard_fn, task, settings, fingerprint, bar.update)
+                done[task.index] = _run_task(shard_fn, task, settings, fingerprints[task.index], bar.update)
             except Exception:  # noqa: BLE001 - the other shards still get written
                 failed[task.index] = traceback.format_exc()
         return done, failed
     ctx = multiprocessing.get_context("spawn")
     progress_queue = ctx.Queue()
-    args = [(shard_fn, task, settings, fingerprint) for task in pending]
+    args = [(shard_fn, task, settings, fingerprints[task.index]) for task in pending]
     with ctx.Pool(min(workers, len(pending)), initializer=_init_worker, initargs=(progress_queue,)) as pool:
         results = pool.imap_unordered(_run_task_in_worker, args)
         remaining = len(pending)
@@ -251,13 +342,13 @@ def run_job(
     start = time.time()
     os.makedirs(output_dir, exist_ok=True)
     _remove_or_refuse_stale(output_dir, prefix, tasks, overwrite)
-    fingerprint = fingerprint_of(job, settings, tasks)
-    kept = {t.index: s for t in tasks if (s := _kept_stats(t, fingerprint, overwrite)) is not None}
+    fingerprints = {t.index: shard_fingerprint(job, settings, t) for t in tasks}
+    kept = {t.index: s for t in tasks if (s := _kept_stats(t, fingerprints[t.index], overwrite)) is not None}
     pending = [t for t in tasks if t.index not in kept]
     sizes = [t.num_items for t in pending]
     total = None if None in sizes else sum(sizes)
     with tqdm.tqdm(total=total, desc=job, unit="input", dynamic_ncols=True) as bar:
-        done, failed = _run_pending(shard_fn, pending, settings, fingerprint, workers, bar)
+        done, failed = _run_pending(shard_fn, pending, settings, fingerprints, workers, bar)
     summary = _summarise(job, settings, tasks, kept, done, failed, time.time() - start)
     _write_json(os.path.join(output_dir, f"{prefix}.summary.json"), summary)
     return summary

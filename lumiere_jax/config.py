@@ -75,10 +75,12 @@ def sample_config() -> ml_collections.ConfigDict:
     s.mask = ""  # inpaint / cinemagraph: the region to generate (white): 'x0,y0,x1,y1[,t0,t1]', an image, a
     # folder of one image per frame, or an .npz with 'mask'
     s.outpaint = ""  # outpaint: border 'top,right,bottom,left' (pixels of the model's frame), one number, or 'fit'
-    s.tasks_file = ""  # JSON Lines of {"prompt", "input", "mask", "outpaint"}: one request per line (instead of
-    # sample.prompts with the same input for every prompt)
+    s.tasks_file = ""  # JSON Lines of {"prompt", "input", "mask", "outpaint", "negative_prompt"}: one request
+    # per line (instead of sample.prompts with the same input for every prompt)
     s.task_method = "model"  # model: a conditional checkpoint (model.conditioning_channels=4) reads <C, M>;
     # replacement: the training-free baseline on a text-to-video checkpoint (known pixels re-noised, pasted)
+    s.negative_prompt = ""  # guidance's unconditional branch reads this prompt instead of no text (every request;
+    # a tasks_file line may give its own): the sample moves away from it. For an edit: the input's caption
     s.strength = 0.6  # edit (SDEdit): how far along the sampler's time grid the input is noised, in (0, 1]
     s.style_checkpoint = ""  # stylized generation: a spatial-only export of a style fine-tune (train.trainable=spatial)
     s.style_alpha = 0.8  # W = alpha W_style + (1 - alpha) W_base on the spatial weights; temporal ones untouched
@@ -102,6 +104,8 @@ def demo_config() -> ml_collections.ConfigDict:
     d.log_every = 5  # progress-bar loss updates
     d.conditional_checkpoint = ""  # an export of the conditional model: the demo then also shows these tasks
     d.conditional_tasks = ("i2v", "inpaint", "cinemagraph")  # on inputs made from held-out clips
+    d.edit = False  # True: SDEdit colour edits of held-out clips with sample.base_checkpoint (sample.strength)
+    d.style_checkpoint = ""  # a style export: the demo's samples again with it (sample.style_alpha)
     return d
 
 
@@ -181,9 +185,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_frames = 80
     c.data.resolution = 128
     # Shard globs with mixing weights: [{'glob': 'data/clips/*.array_record', 'weight': 1.0,
-    # 'kind': 'video'}, {'glob': 'data/images/*.array_record', 'weight': 0.2, 'kind': 'image'}].
+    # 'kind': 'video'}, {'glob': 'data/images/*.array_record', 'weight': 0.2, 'kind': 'image'}], or (what
+    # a command line can give) one string 'GLOB[:WEIGHT[:KIND]],...', e.g. --config.data.sources=
+    # 'data/clips/*.array_record,data/images/*.array_record:0.2:image' (weight 1.0, kind video by default).
     # kind image: one frame of each record, repeated num_frames times, flagged is_image.
-    c.data.sources = []
+    # Typed object so that both forms can be set and overridden (see data.pipeline.resolve_sources).
+    c.data.sources = ml_collections.FieldReference([], field_type=object)
     c.data.mix_by = "batch"  # batch: every batch from one source (so image batches can run the model in
     # image mode), in proportion to the weights; example: sources mixed inside every batch
     c.data.batch_size = 8  # global batch (all hosts); a multiple of the mesh's batch shards

@@ -1,6 +1,6 @@
 """`--mode=demo`: the whole system on a laptop CPU in a few minutes (`./demo.sh`, configs/demo.py).
 
-Three parts, so each is seen working:
+Three parts (the edits belong to the second), so each is seen working:
   samples   the committed demo checkpoint (config.sample.base_checkpoint) samples every prompt of
             config.sample (the combinations held out of its training) config.demo.samples_per_prompt
             times -> DIR/samples/: MP4, GIF, NPZ and a PNG contact sheet per clip, overview.gif (all
@@ -12,6 +12,12 @@ Three parts, so each is seen working:
             held-out combination) through the sampling job -> DIR/tasks/TASK/: the input files and
             tasks.jsonl, the clips, overview.gif (top row the known pixels given, the rest grey;
             bottom row the result) and the task's scores;
+  edits     with config.demo.edit, SDEdit (sample.strength) recolours one clip of every held-out
+            combination with the committed checkpoint, its caption as the negative prompt
+            -> DIR/tasks/edit/ (overview.gif: the input above, the edit below); with
+            config.demo.style_checkpoint, the samples' prompts and seeds again with the style's spatial
+            weights interpolated (sample.style_alpha) -> DIR/tasks/style/ (overview.gif: the samples
+            above, the stylized clips below);
   training  config.demo.train_examples synthetic clips (held-out combinations excluded) -> DIR/data/,
             their captions encoded with config.text's encoder, then config.demo.train_steps steps of
             the same model from scratch -> DIR/train/ (TensorBoard, checkpoints, train_summary.json),
@@ -43,7 +49,6 @@ OUTPUTS = ("samples", "tasks", "data", "train", REPORT_NAME)
 I2V_IMAGES = 2  # first frames the image-to-video part animates, each with every direction word
 UNKNOWN_GREY = 64  # how the overviews show the pixels a task generates
 TASK_BATCH = 4  # clips per sampler call in every task: one program shape, compiled once (with a compilation cache)
-PREVIEW_SCALE = 4  # overview pixels per clip pixel: 32x32 clips are too small to watch as they are
 
 
 def check_demo_config(config) -> None:
@@ -57,6 +62,9 @@ def check_demo_config(config) -> None:
     if not config.data.text_embeddings or config.text.encode_in_step:
         raise ValueError("the demo trains on precomputed caption embeddings: set data.text_embeddings=True "
                          "and text.encode_in_step=False")
+    if d.style_checkpoint and not (pathlib.Path(d.style_checkpoint) / "params").is_dir():
+        raise FileNotFoundError(f"demo.style_checkpoint {d.style_checkpoint} is not an export; build it with "
+                                "scripts/build_style_checkpoint.sh or set it to ''")
     if d.conditional_checkpoint:
         from lumiere_jax.evaluation.conditional import EVAL_TASKS
 
@@ -96,12 +104,47 @@ def sample_checkpoint(config, directory: pathlib.Path) -> dict:
     cfg.sample.prompts = prompts * config.demo.samples_per_prompt  # row r of the overview: the r-th draw
     report = sample(cfg, directory)
     clips = np.stack([read_frames(record["npz"]) for record in report["samples"]])
-    write_gif(directory / "overview.gif", tile_videos(clips, len(prompts), PREVIEW_SCALE), config.sample.fps)
-    write_png(directory / "overview.png", clips_sheet(clips, PREVIEW_SCALE // 2))
+    write_gif(directory / "overview.gif", tile_videos(clips, len(prompts)), config.sample.fps)
+    write_png(directory / "overview.png", clips_sheet(clips))
     evaluation = evaluate_samples(directory, heldout=config.eval.heldout)
     print(summary(evaluation), file=sys.stderr)
     return {"prompts": prompts, "clips": len(clips), "timings": report["timings"],
             "scores": {k: evaluation[k] for k in ("overall", "heldout", "seen") if evaluation.get(k)}}
+
+
+def write_comparison(path: pathlib.Path, above: np.ndarray, below: np.ndarray, fps: float) -> None:
+    """A GIF of two rows of clips playing side by side: what went in above, what came out below."""
+    write_gif(path, tile_videos(np.concatenate([above, below]), len(below)), fps)
+
+
+def edit_clips(config, directory: pathlib.Path) -> dict:
+    """One colour edit of each held-out combination (the first other colour of the domain's list)."""
+    from lumiere_jax.evaluation.conditional import edit_pairs, heldout_clips, score_edit, write_edit_requests
+
+    clips = heldout_clips(config.eval.heldout, 1, config.data.num_frames, config.data.resolution)
+    pairs = [edit_pairs([clip], "color")[0] for clip in clips]
+    tasks_file = write_edit_requests(pairs, directory / "inputs", config.sample.fps)
+    cfg = copy.deepcopy(config)
+    cfg.sample.update(task="edit", tasks_file=str(tasks_file), prompts=[], prompts_file="", batch_size=TASK_BATCH)
+    report = sample(cfg, directory)
+    inputs = np.stack([pair.clip.example.frames for pair in pairs])
+    outputs = np.stack([read_frames(record["npz"]) for record in report["samples"]])
+    write_comparison(directory / "overview.gif", inputs, outputs, config.sample.fps)
+    scores = score_edit(directory, pairs, "color", config.eval.heldout)
+    return dict(scores, prompts=[record["prompt"] for record in report["samples"]], strength=config.sample.strength)
+
+
+def stylize(config, directory: pathlib.Path, samples: pathlib.Path) -> dict:
+    """The samples' prompts and seeds again with the style interpolated in: the same program, new weights."""
+    cfg = copy.deepcopy(config)
+    cfg.sample.update(prompts=load_prompts(config.sample) * config.demo.samples_per_prompt, prompts_file="",
+                      style_checkpoint=config.demo.style_checkpoint)
+    report = sample(cfg, directory)
+    base = np.stack([read_frames(path) for path in sorted(samples.glob("*.npz"))])
+    styled = np.stack([read_frames(record["npz"]) for record in report["samples"]])
+    write_comparison(directory / "overview.gif", base, styled, config.sample.fps)
+    evaluation = evaluate_samples(directory, heldout=config.eval.heldout)
+    return dict(evaluation["overall"], alpha=config.sample.style_alpha, num_clips=len(styled))
 
 
 def conditional_tasks(config, directory: pathlib.Path) -> dict:
@@ -121,8 +164,7 @@ def conditional_tasks(config, directory: pathlib.Path) -> dict:
         report = sample(cfg, directory / task)
         outputs = np.stack([read_frames(record["npz"]) for record in report["samples"]])
         given = np.stack([known_pixels(task, line, frames, size, fps) for line in tasks_file.read_text().splitlines()])
-        write_gif(directory / task / "overview.gif", tile_videos(np.concatenate([given, outputs]), len(outputs),
-                                                                 PREVIEW_SCALE), fps)
+        write_comparison(directory / task / "overview.gif", given, outputs, fps)
         results[task] = score_task(task, directory / task, tasks_file, config.eval.heldout, fps)
         results[task]["prompts"] = [record["prompt"] for record in report["samples"]]
     return results
@@ -178,6 +220,12 @@ def run_demo(config, workdir) -> dict:
     if config.demo.conditional_checkpoint:
         print(f"== 2/3: {', '.join(config.demo.conditional_tasks)} with the conditional checkpoint", file=sys.stderr)
         tasks = conditional_tasks(config, workdir / "tasks")
+    if config.demo.edit:
+        print(f"== 2/3: colour edits (SDEdit, strength {config.sample.strength})", file=sys.stderr)
+        tasks["edit"] = edit_clips(config, workdir / "tasks" / "edit")
+    if config.demo.style_checkpoint:
+        print(f"== 2/3: the samples stylized (alpha {config.sample.style_alpha})", file=sys.stderr)
+        tasks["style"] = stylize(config, workdir / "tasks" / "style", workdir / "samples")
     print(f"== 3/3: training the same model from scratch for {config.demo.train_steps} steps", file=sys.stderr)
     trained = train_from_scratch(config, workdir)
     losses = trained["losses"]
@@ -202,7 +250,7 @@ def describe(report: dict, workdir) -> str:
         f"  overview.gif (one column per prompt: {'; '.join(s['prompts'])}), overview.png, NNN_prompt.mp4/.gif/.png",
         (f"  held-out scores: colour {held['color_accuracy']:.0%}, direction {held['direction_accuracy']:.0%}, "
          f"presence {held['presence_rate']:.0%} (eval_report.json)"),
-        *[f"{task}: {describe_task(scores)} ({report['tasks']['directory']}/{task}/overview.gif)"
+        *[f"{task}: {describe_task(task, scores)} ({report['tasks']['directory']}/{task}/overview.gif)"
           for task, scores in report["tasks"].items() if task != "directory"],
         (f"training from scratch: loss {t['first_loss']:.3f} -> {t['last_loss']:.3f} in {t['steps']} steps: "
          f"{t['directory']}/ (tensorboard --logdir {t['directory']}/tensorboard)"),
@@ -210,7 +258,13 @@ def describe(report: dict, workdir) -> str:
     ])
 
 
-def describe_task(scores: dict) -> str:
+def describe_task(task: str, scores: dict) -> str:
+    if task == "edit":
+        return (f"new colour {scores['edit_success']:.0%}, direction kept {scores['direction_kept']:.0%}, "
+                f"track {scores['track_distance_px']:.1f} px from the input's")
+    if task == "style":
+        return (f"background {scores['background_level']:.2f} (alpha {scores['alpha']}), direction "
+                f"{scores['direction_accuracy']:.0%}, presence {scores['presence_rate']:.0%}")
     parts = [f"direction {scores['direction_accuracy']:.0%}", f"presence {scores['presence_rate']:.0%}"]
     if "masked_presence_rate" in scores:
         parts.append(f"presence where filled {scores['masked_presence_rate']:.0%}")

@@ -194,7 +194,7 @@ def test_rerun_keeps_finished_shards_and_refuses_other_settings(tmp_path, capsys
         assert open(p, "rb").read() == before[p][1]
     assert os.path.getmtime(paths[0]) == before[paths[0]][0]
     assert synthetic.main([*args, "--seed", "1"]) == 2
-    assert "other inputs or settings" in capsys.readouterr().err
+    assert "written with other settings (seed: 0 -> 1); write to a new --output_dir" in capsys.readouterr().err
     assert synthetic.main([*args, "--seed", "1", "--overwrite"]) == 0
     assert json.loads(capsys.readouterr().out)["shards"]["written"] == 3
     fewer = [*args, "--num_shards", "2"]  # shards of 3 would be read together with shards of 2
@@ -301,3 +301,52 @@ def test_prepare_videos_refuses_a_bad_manifest(tmp_path, capsys):
     manifest.write_text("file,text\nx.mp4,hello\n")
     assert prepare_videos.main(["--manifest", str(manifest), "--output_dir", str(tmp_path / "o")]) == 2
     assert "needs 'path' and 'caption'" in capsys.readouterr().err
+
+
+def test_prepare_videos_resumes_after_the_inputs_move(tmp_path, capsys):
+    """Moving the videos with their manifest keeps the finished shards (the missing one is
+    written, nothing is rewritten); a replaced video or a changed caption is refused, naming
+    the input and what changed, and --overwrite rewrites only the shard it is in."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a.mp4", "b.mp4"):  # 4 s each: four 16-frame clips at 16 fps
+        shutil.copy(sample_video("carphone_pristine.mp4"), videos / name)
+    (videos / "m.csv").write_text("path,caption\na.mp4,a phone call\nb.mp4,another call\n")
+    out = tmp_path / "clips"
+
+    def run(manifest, *extra):
+        args = ["--manifest", str(manifest), "--output_dir", str(out), "--num_shards", "2", "--workers", "1",
+                "--num_frames", "16", "--sizes", "32", "--codec", "raw", *extra]
+        status = prepare_videos.main(args)
+        captured = capsys.readouterr()
+        return status, json.loads(captured.out) if status == 0 else captured.err
+
+    assert run(videos / "m.csv")[1]["records"] == 8
+    paths = sorted(glob.glob(str(out / "*.array_record")))  # a.mp4 in shard 0, b.mp4 in shard 1
+    before = {p: (os.path.getmtime(p), open(p, "rb").read()) for p in paths}
+    os.remove(paths[1])  # as if the job died while writing shard 1
+    moved = tmp_path / "elsewhere" / "videos"
+    shutil.move(str(videos), str(moved))
+
+    status, summary = run(moved / "m.csv")
+    assert status == 0, summary
+    assert summary["shards"] == {"total": 2, "written": 1, "kept": 1, "failed": {}} and summary["records"] == 8
+    assert os.path.getmtime(paths[0]) == before[paths[0]][0]
+    for p in paths:
+        assert open(p, "rb").read() == before[p][1]
+    assert run(moved / "m.csv")[1]["shards"]["kept"] == 2
+
+    shutil.copy(sample_video("carphone_distorted.mp4"), moved / "b.mp4")  # same name, another video
+    status, error = run(moved / "m.csv")
+    assert status == 2
+    assert f"{paths[1]} exists but was written from other inputs (input \"b.mp4\": content: " in error
+    assert "pass --overwrite to rewrite the shards whose inputs or settings changed" in error
+    status, summary = run(moved / "m.csv", "--overwrite")
+    assert status == 0 and summary["shards"]["written"] == 1 and summary["shards"]["kept"] == 1
+    assert os.path.getmtime(paths[0]) == before[paths[0]][0]
+
+    (moved / "m.csv").write_text("path,caption\na.mp4,a video call\nb.mp4,another call\n")
+    status, error = run(moved / "m.csv")
+    assert status == 2
+    changed = 'input "a.mp4": caption: "a phone call" -> "a video call"'
+    assert f"{paths[0]} exists but was written from other inputs ({changed})" in error

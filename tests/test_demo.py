@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import demo, demo_conditional
+from configs import demo, demo_conditional, demo_style
 from data_pipelines.synthetic import caption, parse_heldout
 from lumiere_jax.demo import REPORT_NAME, prepare_workdir
 from lumiere_jax.evaluation import evaluate_samples
@@ -104,6 +104,29 @@ def test_conditional_provenance_meets_every_task_target_and_reports_the_baseline
     assert all(all(checks.values()) for checks in card["targets_met"].values())
 
 
+def test_style_checkpoint_holds_spatial_weights_only_and_meets_the_edit_and_style_targets(repo_root):
+    directory = repo_root / "demo" / "style_checkpoint"
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= MAX_CHECKPOINT_BYTES
+    exported = json.loads((directory / "config.json").read_text())
+    assert exported["train"]["trainable"] == "spatial" and exported["train"]["init_from"] == "demo/checkpoint"
+    card = json.loads((directory / "provenance.json").read_text())
+    assert "configs/demo_style.py" in card["train_command"] and card["style"]["images"] <= 256
+    assert card["defaults"] == {"strength": demo.get_config().sample.strength,
+                                "style_alpha": demo.get_config().sample.style_alpha}
+    edits, styles = card["scores"]["edit"], card["scores"]["style"]
+    default = edits[f"color_{card['defaults']['strength']}"]
+    assert default["num_clips"] >= 48 and default["track_distance_px"] <= demo.EDIT_TARGETS["track_distance_px"]
+    assert default["edit_success"] >= demo.EDIT_TARGETS["edit_success"]
+    # Recorded as measured: direction kept is 88.5% here, under the 90% target (issue 15 stays open).
+    assert card["targets_met"]["edit"]["direction_kept"] == (default["direction_kept"] >= 0.9)
+    backgrounds = [styles[a]["background_level"] for a in sorted(styles, key=float)]
+    assert backgrounds == sorted(backgrounds) and backgrounds[-1] > backgrounds[0] + 0.1  # the style rises with alpha
+    at_default = styles[str(card["defaults"]["style_alpha"])]
+    assert at_default["num_clips"] >= 48 and all(at_default[k] >= v for k, v in demo_style.TARGETS.items())
+    assert all(card["targets_met"]["style"].values()) and card["targets_met"]["style_rises_with_alpha"]
+
+
 def test_conditional_checkpoint_animates_heldout_images_the_way_each_word_says(repo_root, tmp_path):
     """Image-to-video as in the provenance protocol (one first frame of every held-out combination
     here instead of two, to keep the suite short), each with the four direction words, through the
@@ -172,6 +195,11 @@ def test_demo_mode_end_to_end(repo_root, tmp_path):
         with Image.open(workdir / "tasks" / task / "overview.gif") as gif:  # given above, result below
             assert gif.size == (clips * 32 * 4, 2 * 32 * 4) and gif.n_frames == 16
     assert report["tasks"]["cinemagraph"]["outside_region_constant"] == 1.0
+    for task in ("edit", "style"):  # the input (or the plain sample) above, the result below
+        assert report["tasks"][task]["num_clips"] == 6 and f"{task}: " in proc.stdout
+        with Image.open(workdir / "tasks" / task / "overview.gif") as gif:
+            assert gif.size == (6 * 32 * 4, 2 * 32 * 4) and gif.n_frames == 16
+    assert report["tasks"]["edit"]["prompts"] != HELDOUT_PROMPTS  # recoloured captions
     # A bad demo value fails before anything is written or removed.
     proc = run_demo(repo_root, workdir, "--config.demo.train_steps=0")
     assert proc.returncode == 2 and "demo.train_steps=0 must be >= 1" in proc.stderr

@@ -162,4 +162,9 @@ def test_prepare_images_writes_captioned_stills_and_counts_the_rest(tmp_path):
     assert all(r.frames.shape == (1, 16, 16, 3) and r.hires[32].shape == (1, 32, 32, 3) for r in records)
     summary = json.loads(next(out.glob("*summary.json")).read_text())
     assert summary["skipped"] == {"no_caption": 1, "unreadable": 1}
+    # The images moved elsewhere: the shard is theirs still (its fingerprint holds no paths).
+    moved = images.rename(tmp_path / "moved")
+    args = ["--output_dir", str(out), "--sizes", "16,32", "--num_shards", "1", "--workers", "1"]
+    assert prepare_images.main(["--image_dir", str(moved), *args]) == 0
+    assert json.loads(next(out.glob("*summary.json")).read_text())["shards"]["kept"] == 1
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 from configs import ssr_tiny
 from lumiere_jax.models.param_groups import TEMPORAL
@@ -41,7 +42,11 @@ def test_prompts_to_base_to_ssr_files(exports, tmp_path):
         assert len(frames) == 12 and frames[0].shape == (32, 32, 3)
         clip = np.load(record["npz"])["frames"]
         assert clip.shape == (12, 32, 32, 3) and clip.dtype == np.uint8 and clip.std() > 1
-        assert pathlib.Path(record["gif"]).stat().st_size > 0 and pathlib.Path(record["png"]).stat().st_size > 0
+        # GIF and PNG enlarged for people (nearest neighbour, 32 -> 128 px), the NPZ at the model's size.
+        with Image.open(record["gif"]) as gif, Image.open(record["png"]) as png:
+            assert gif.size == (128, 128) and gif.n_frames == 12 and png.size == (8 * 128, 2 * 128)
+            frame = np.asarray(png.convert("RGB"))[:128, 3 * 128:4 * 128]
+            np.testing.assert_array_equal(frame, clip[3].repeat(4, axis=0).repeat(4, axis=1))
     saved = json.loads((tmp_path / "out" / "samples.json").read_text())
     assert saved["settings"]["num_frames"] == 12 and "ssr_seconds" in saved["timings"]
 
@@ -77,6 +82,38 @@ def test_bad_requests_fail_before_any_compute(exports, tmp_path):
         sample(sample_config(tmp_path, base, mismatched), tmp_path)
     with pytest.raises(ValueError, match="is an SSR model, not a base STUNet"):
         sample(sample_config(tmp_path, ssr, None), tmp_path)
+    config = sample_config(tmp_path, base, None)
+    config.sample.negative_prompt = "a red circle"
+    with pytest.raises(ValueError, match="negative prompts are encoded with config.text's T5, but "
+                                         "sample.prompt_embeddings is set"):
+        sample(config, tmp_path)
+
+
+def test_negative_prompt_replaces_the_null_text_of_guidance(exports, tmp_path):
+    """A request's negative prompt is guidance's unconditional branch: equal to the prompt, guidance
+    cancels to the conditional model alone (the sample at scale 1); a request without one keeps the null."""
+    prompts = ["a red circle moving left", "a blue square moving up"]
+    config = sample_config(tmp_path, exports[0], None, prompts)
+    config.sample.prompt_embeddings = ""  # the T5 path encodes prompts and negatives alike
+    vocabulary = pathlib.Path(__file__).resolve().parents[1] / "demo/checkpoint/vocab.model"
+    config.text.update(encoder="tiny", checkpoint_format="seed", init_seed=0, vocabulary=str(vocabulary),
+                       max_length=8, dtype="float32")
+
+    def frames(name, guidance, negatives):
+        tasks = tmp_path / f"{name}.jsonl"
+        tasks.write_text("".join(json.dumps({"prompt": p, "negative_prompt": n}) + "\n"
+                                 for p, n in zip(prompts, negatives)))
+        config.sample.update(guidance_scale=guidance, tasks_file=str(tasks))
+        report = sample(config, tmp_path / name)
+        return report, [np.load(r["npz"])["frames"].astype(int) for r in report["samples"]]
+
+    _, null = frames("null", 2.0, ["", ""])
+    report, negative = frames("negative", 2.0, [prompts[0], ""])
+    _, conditional = frames("conditional", 1.0, ["", ""])
+    assert np.abs(negative[0] - conditional[0]).max() <= 1  # uint8 rounding of (1 - g) c + g c = c
+    assert np.abs(negative[0] - null[0]).mean() > 1.0  # and far from the null-guided sample
+    assert np.abs(negative[1] - null[1]).max() <= 1  # no negative: the null text, as before
+    assert [r["negative_prompt"] for r in report["samples"]] == [prompts[0], None]
 
 
 def test_image_mode_generates_every_frame_on_its_own(tmp_path):

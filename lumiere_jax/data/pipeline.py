@@ -70,31 +70,74 @@ class Source:
     paths: tuple[str, ...]
 
 
-def resolve_sources(specs: Sequence[Mapping[str, Any]]) -> list[Source]:
-    """Checks `data.sources` entries and expands their globs; errors name the entry at fault."""
-    if not specs:
-        raise ValueError(
-            "data.sources is empty; add e.g. {'glob': 'data/clips/*.array_record', 'weight': 1.0, 'kind': 'video'}"
-        )
+_TEXT_HINT = (
+    f"write GLOB[:WEIGHT[:KIND]],... (WEIGHT a positive number, 1.0 by default; KIND one of {KINDS}, video "
+    "by default; a glob containing ':' needs both :WEIGHT:KIND), e.g. "
+    "'data/clips/*.array_record,data/images/*.array_record:0.25:image'"
+)
+_LIST_EXAMPLE = "[{'glob': 'data/clips/*.array_record', 'weight': 1.0, 'kind': 'video'}]"
+
+
+def _parse_sources_text(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Splits the string form of `data.sources`, 'GLOB[:WEIGHT[:KIND]],...', into (name for errors,
+    {'glob', 'weight', 'kind'}) entries, which `resolve_sources` then checks like the list form's.
+
+    Entries are split at ',' and each at its last two ':' at most: a glob that itself contains ':'
+    (odd on the local file systems this reads) must be followed by both :WEIGHT:KIND, and one that
+    contains ',' needs the list form.
+    """
+    if not text.strip():
+        return []
+    entries = []
+    for i, entry in enumerate(part.strip() for part in text.split(",")):
+        spec: dict[str, Any] = dict(zip(SOURCE_KEYS, entry.rsplit(":", 2)))
+        if "weight" in spec:
+            try:
+                spec["weight"] = float(spec["weight"])
+            except ValueError:
+                pass  # left as written: the weight check names it
+        entries.append((f"data.sources[{i}] {entry!r}", spec))
+    return entries
+
+
+def resolve_sources(specs: str | Sequence[Mapping[str, Any]]) -> list[Source]:
+    """Checks `data.sources` and expands its globs; errors name the entry at fault and the form to write.
+
+    Two forms: a list of {'glob', 'weight', 'kind'} dicts (config files) or one string
+    'GLOB[:WEIGHT[:KIND]],...' (the command line). ml_collections overrides a field only with a value
+    of the field's own type and has no parser for lists, so a list-typed field could not be set from
+    the command line at all; lumiere_jax/config.py types the field `object` instead (the override is
+    read as a Python literal, else kept as a string), which leaves every config file's list working,
+    and the two forms are told apart here, at the one place that reads them.
+    """
+    if isinstance(specs, str):
+        entries, hint = _parse_sources_text(specs), _TEXT_HINT
+    elif isinstance(specs, Sequence):
+        entries, hint = [(f"data.sources[{i}]", spec) for i, spec in enumerate(specs)], f"write e.g. {_LIST_EXAMPLE}"
+    else:
+        raise ValueError(f"data.sources must be a string or a list of dicts, got {specs!r}; {_TEXT_HINT}")
+    if not entries:
+        raise ValueError(f"data.sources is empty; {_TEXT_HINT}, or in a config file a list like {_LIST_EXAMPLE}")
     sources = []
-    for i, spec in enumerate(specs):
-        where = f"data.sources[{i}]"
+    for where, spec in entries:
+        if not hasattr(spec, "keys"):  # a list entry that is not a dict (ConfigDict is no Mapping)
+            raise ValueError(f"{where} must be a dict, got {spec!r}; {hint}")
         spec = dict(spec)
         unknown = set(spec) - set(SOURCE_KEYS)
         if unknown:
             raise ValueError(f"{where} has unknown keys {sorted(unknown)}; allowed: {SOURCE_KEYS}")
         pattern, weight, kind = spec.get("glob"), spec.get("weight", 1.0), spec.get("kind", "video")
         if not isinstance(pattern, str) or not pattern:
-            raise ValueError(f"{where} needs a 'glob' string matching shard files")
-        if not isinstance(weight, (int, float)) or not weight > 0:
-            raise ValueError(f"{where}.weight must be a positive number, got {weight!r}")
+            raise ValueError(f"{where}: glob must be a non-empty string matching shard files; {hint}")
+        if not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
+            raise ValueError(f"{where}: weight must be a positive number, got {weight!r}; {hint}")
         if kind not in KINDS:
-            raise ValueError(f"{where}.kind must be one of {KINDS}, got {kind!r}")
+            raise ValueError(f"{where}: kind must be one of {KINDS}, got {kind!r}; {hint}")
         matched = sorted(globlib.glob(os.path.expanduser(pattern), recursive=True))
         paths = tuple(p for p in matched if p.endswith(SHARD_SUFFIX))
         if not paths:
             raise ValueError(
-                f"{where}.glob {pattern!r} matches no shard files (*{SHARD_SUFFIX})"
+                f"{where}: glob {pattern!r} matches no shard files (*{SHARD_SUFFIX})"
                 + (f"; it matched only {matched[:3]}" if matched else "")
                 + ": check the path, or write shards with a data_pipelines job"
             )

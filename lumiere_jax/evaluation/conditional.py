@@ -13,8 +13,9 @@ split, a seed the training data did not use), written as files a user would give
 `score_task` runs the moving-shapes evaluator on the sampled clips and adds what each task must keep:
 frame 0 equal to the image (i2v), every known pixel equal to the input (inpaint, outpaint), the
 pixels outside the region constant over time (cinemagraph), and presence inside the filled frames.
-Edits (`write_edit_requests`, `score_edit`) give a held-out clip with its caption's colour or shape
-changed and measure both sides of SDEdit: the new prompt followed, the input's direction and track kept.
+Edits (`edit_pairs`, `write_edit_requests`, `score_edit`) give a held-out clip with its caption's colour
+(or shape) changed to each other one, its own caption as the negative prompt, and measure both sides of
+SDEdit: the new prompt followed, the input's direction and track kept.
 """
 from __future__ import annotations
 
@@ -138,42 +139,54 @@ def score_task(task: str, workdir: pathlib.Path, tasks_file: pathlib.Path, heldo
 EDITS = ("color", "shape")  # what an edit request changes in a held-out clip's caption
 
 
-def edited(combo: tuple, change: str) -> tuple:
-    """The combination with its colour or shape replaced by the next one of the domain's list."""
+@dataclasses.dataclass
+class EditPair:
+    clip: HeldoutClip
+    target: tuple  # the combination the edited caption names
+
+
+def edit_pairs(clips: list, change: str) -> list[EditPair]:
+    """Every clip with its colour (or shape) replaced by each other one of the domain's: all the
+    edits of that kind, as some (green to blue: every channel swapped) are much harder than others."""
     index = EDITS.index(change)
     values = list(COLORS) if change == "color" else list(SHAPES)
-    new = list(combo)
-    new[index] = values[(values.index(combo[index]) + 1) % len(values)]
-    return tuple(new)
+    return [EditPair(clip, clip.combo[:index] + (value,) + clip.combo[index + 1:])
+            for clip in clips for value in values if value != clip.combo[index]]
 
 
-def write_edit_requests(clips: list, directory: pathlib.Path, fps: float, change: str) -> pathlib.Path:
-    """Each held-out clip (a lossless video) with its caption's colour or shape changed: the edit task."""
+def write_edit_requests(pairs: list, directory: pathlib.Path, fps: float, negative: bool = True) -> pathlib.Path:
+    """One edit request per pair: the held-out clip (a lossless video) and the edited caption;
+    `negative`: the clip's own caption is the request's negative prompt."""
     directory.mkdir(parents=True, exist_ok=True)
     lines = []
-    for i, clip in enumerate(clips):
+    for i, pair in enumerate(pairs):
         path = directory / f"{i:03d}_clip.mkv"
-        write_lossless_video(path, clip.example.frames, fps)
-        lines.append({"prompt": caption(*edited(clip.combo, change)), "input": str(path)})
+        write_lossless_video(path, pair.clip.example.frames, fps)
+        line = {"prompt": caption(*pair.target), "input": str(path)}
+        lines.append(dict(line, negative_prompt=caption(*pair.clip.combo)) if negative else line)
     tasks_file = directory / "tasks.jsonl"
     tasks_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return tasks_file
 
 
-def score_edit(workdir: pathlib.Path, clips: list, change: str, heldout: str) -> dict:
+def score_edit(workdir: pathlib.Path, pairs: list, change: str, heldout: str) -> dict:
     """The evaluator's scores of edited clips against their new prompts, plus how much of the input is
     kept: its direction, and the object's track (mean distance in pixels over frames where both the
-    input's and the output's object are found)."""
+    input's and the output's object are found); `edit_success` also per source > target value."""
     report = evaluate_samples(workdir, heldout=heldout)
     scores = dict(report["overall"])
-    size = clips[0].example.frames.shape[1]
-    kept, distances = [], []
-    for clip, record in zip(clips, report["clips"]):
-        source = analyze_clip(clip.example.frames.astype(np.float32) / 255.0)
-        kept.append(record["direction"] == clip.combo[2])
-        pairs = [(a, b) for a, b in zip(source["centroids"], record["centroids"]) if a is not None and b is not None]
-        distances += [float(np.hypot(*(np.subtract(a, b)))) * size for a, b in pairs]
+    size = pairs[0].clip.example.frames.shape[1]
+    index = EDITS.index(change)
+    kept, distances, by_value = [], [], {}
+    for pair, record in zip(pairs, report["clips"]):
+        source = analyze_clip(pair.clip.example.frames.astype(np.float32) / 255.0)
+        kept.append(record["direction"] == pair.clip.combo[2])
+        by_value.setdefault(f"{pair.clip.combo[index]}>{pair.target[index]}", []).append(
+            record[change] == pair.target[index])
+        centroids = zip(source["centroids"], record["centroids"])
+        distances += [float(np.hypot(*np.subtract(a, b))) * size for a, b in centroids if a is not None and b is not None]
     scores["edit_success"] = scores[f"{change}_accuracy"]
     scores["direction_kept"] = float(np.mean(kept))
     scores["track_distance_px"] = float(np.mean(distances)) if distances else None
+    scores["edit_success_by_value"] = {k: float(np.mean(v)) for k, v in sorted(by_value.items())}
     return scores

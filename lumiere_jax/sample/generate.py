@@ -4,7 +4,7 @@ One pure, jittable function serves the trainer's previews, the base (text-to-vid
 SSR stage of the sampling job. Conditioning is a dict: `text` (B, L, D) and `mask` (B, L) always;
 SSR adds `lowres` (B, T, H, W, 3), the upsampled low-resolution clip, and `aug` (B,), the
 log-SNR of the augmentation noise it carries; the conditional tasks add `known` (B, T, H, W, 4).
-Guidance nulls the text only.
+Guidance nulls the text only, or contrasts it with a negative prompt's.
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def null_of(cond: dict) -> dict:
 def generate(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, num_steps: Optional[int] = None,
              window: Optional[int] = None, overlap: int = 2, constrain: Optional[Callable] = None,
              image_mode: bool = False, known: Optional[jax.Array] = None, replacement: bool = False,
-             init: Optional[jax.Array] = None, strength: float = 1.0) -> jax.Array:
+             init: Optional[jax.Array] = None, strength: float = 1.0,
+             negative: Optional[dict] = None) -> jax.Array:
     """Samples clips shaped like `noise` (B, T, H, W, C) in [-1, 1] with config.sample settings;
     `image_mode` generates every frame independently (temporal modules bypassed).
 
@@ -61,6 +62,11 @@ def generate(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, num
 
     `init` (shaped like `noise`) is a clip to edit (SDEdit): it is diffused with `noise` to the grid
     point of `strength` (`diffusion.sdedit_steps`) and denoised from there with the prompt.
+
+    `negative` ({"text", "mask"} shaped like cond's) is a negative prompt: guidance's unconditional
+    branch reads it instead of no text, so the sample moves away from it (rows without one are zero,
+    which is the null text). For an edit, the input's own caption: the guided difference is then
+    what the two prompts do not share.
     """
     schedule = diffusion.schedule_from_config(config.diffusion)
     parameterization = diffusion.parameterization_from_config(config.diffusion)
@@ -84,7 +90,8 @@ def generate(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, num
         else:
             cond = dict(cond, known=known)
     model_fn = clip_model_fn(model, noise.shape[1], window, overlap, constrain, image_mode)
-    predict = diffusion.classifier_free_guidance(model_fn, cond, null_of(cond), settings.guidance_scale)
+    uncond = null_of(cond) if negative is None else dict(cond, **negative)
+    predict = diffusion.classifier_free_guidance(model_fn, cond, uncond, settings.guidance_scale)
     video = jnp.clip(diffusion.sample(predict, noise, rng, schedule, settings, parameterization=parameterization,
                                       t_start=t_start, known=replace), -1.0, 1.0)
     return video if known is None else paste_known(video, known)

@@ -34,7 +34,7 @@ from lumiere_jax.parallel import batch_shard_count, batch_sharding, create_shard
 from lumiere_jax.sample.generate import generate, paste_known
 from lumiere_jax.sample.masks import KNOWN_CHANNELS, known_input
 from lumiere_jax.sample.tasks import build_known, check_task, load_inputs, load_requests
-from lumiere_jax.sample.video_io import contact_sheet, to_uint8, write_gif, write_mp4, write_png
+from lumiere_jax.sample.video_io import contact_sheet, enlarge, to_uint8, write_gif, write_mp4, write_png
 
 
 TASK_METHODS = ("model", "replacement")
@@ -111,6 +111,25 @@ def text_embeddings(config, prompts: list[str], text_dim: int, mesh, rules) -> t
     return emb, mask
 
 
+def prompt_conditioning(config, requests, text_dim: int, mesh, rules) -> tuple[np.ndarray, np.ndarray, Optional[dict]]:
+    """The prompts' embeddings and masks, and the negative prompts' as {"text", "mask"} (zero rows
+    where a request has none, the null text), or None when no request has one."""
+    negatives = sorted({r.negative_prompt for r in requests if r.negative_prompt})
+    if negatives and config.sample.prompt_embeddings:
+        raise ValueError("negative prompts are encoded with config.text's T5, but sample.prompt_embeddings is set: "
+                         "leave it empty, or drop sample.negative_prompt / the requests' negative_prompt")
+    prompts = [r.prompt for r in requests]
+    emb, mask = text_embeddings(config, prompts + negatives, text_dim, mesh, rules)
+    if not negatives:
+        return emb, mask, None
+    rows = {text: len(prompts) + i for i, text in enumerate(negatives)}
+    keep = np.array([r.negative_prompt in rows for r in requests])
+    index = np.array([rows.get(r.negative_prompt, 0) for r in requests])
+    negative = {"text": np.where(keep[:, None, None], emb[index], 0.0).astype(emb.dtype),
+                "mask": np.where(keep[:, None], mask[index], False)}
+    return emb[:len(prompts)], mask[:len(prompts)], negative
+
+
 def slug(text: str, index: int) -> str:
     return f"{index:03d}_" + (re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:48] or "prompt")
 
@@ -130,7 +149,7 @@ class StageRunner:
                 return x
             return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, rules, x.ndim))
 
-        def run(state, text, mask, lowres, known, init, keys):
+        def run(state, text, mask, negative, lowres, known, init, keys):
             model = nnx.merge(graphdef, state)
             noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), (frames, size, size, 3)))(keys)
             cond = {"text": text, "mask": mask}
@@ -141,14 +160,17 @@ class StageRunner:
                 cond.update(lowres=noisy, aug=aug)
             return generate(model, cond, noise, jax.random.fold_in(keys[0], 2), config, window=window,
                             overlap=overlap, constrain=constrain, image_mode=image_mode, known=known,
-                            replacement=replacement, init=init, strength=config.sample.strength)
+                            replacement=replacement, init=init, strength=config.sample.strength,
+                            negative=negative)
 
         self.run = jax.jit(run)
 
-    def __call__(self, text, mask, lowres, known, init, keys):
+    def __call__(self, text, mask, negative, lowres, known, init, keys):
+        """negative: None, or {"text", "mask"} of the negative prompts (zero rows: none)."""
         put = lambda a: None if a is None else jax.device_put(a, batch_sharding(self.mesh, self.rules, a.ndim))  # noqa: E731
         with jax.set_mesh(self.mesh):
-            out = self.run(self.state, put(text), put(mask), put(lowres), put(known), put(init), put(keys))
+            negative = None if negative is None else {k: put(v) for k, v in negative.items()}
+            out = self.run(self.state, put(text), put(mask), negative, put(lowres), put(known), put(init), put(keys))
             return np.asarray(jax.device_get(out))
 
 
@@ -183,7 +205,7 @@ def sample(config, workdir) -> dict:
     timings = {}
 
     start = time.perf_counter()
-    emb, mask = text_embeddings(config, prompts, base.model_config.text_dim, mesh, rules)
+    emb, mask, negative = prompt_conditioning(config, requests, base.model_config.text_dim, mesh, rules)
     timings["text_seconds"] = time.perf_counter() - start
     shards = batch_shard_count(mesh, rules)
     batch = -(-min(s.batch_size, len(prompts)) // shards) * shards
@@ -193,6 +215,8 @@ def sample(config, workdir) -> dict:
 
     def padded(rows, array):
         rows = rows + [rows[-1]] * (batch - len(rows))
+        if isinstance(array, dict):
+            return {k: padded(rows, v) for k, v in array.items()}
         return None if array is None else array[np.asarray(rows)]
 
     start = time.perf_counter()
@@ -202,8 +226,8 @@ def sample(config, workdir) -> dict:
                               image_mode=s.image_mode, replacement=replacement)
     videos = np.zeros((len(prompts), frames, size, size, 3), np.float32)
     for rows in tqdm(batches, desc="base", disable=jax.process_index() != 0):
-        out = base_runner(padded(rows, emb), padded(rows, mask), None, padded(rows, known), padded(rows, init),
-                          padded(rows, keys))
+        out = base_runner(padded(rows, emb), padded(rows, mask), padded(rows, negative), None, padded(rows, known),
+                          padded(rows, init), padded(rows, keys))
         videos[rows] = out[: len(rows)]
     timings["base_seconds"] = time.perf_counter() - start
 
@@ -216,8 +240,8 @@ def sample(config, workdir) -> dict:
         high = np.zeros((len(prompts), frames, high_size, high_size, 3), np.float32)
         ssr_keys = jax.vmap(lambda k: jax.random.fold_in(k, 7))(keys)
         for rows in tqdm(batches, desc="ssr", disable=jax.process_index() != 0):
-            out = runner(padded(rows, emb), padded(rows, mask), padded(rows, lowres_all), None, None,
-                         padded(rows, ssr_keys))
+            out = runner(padded(rows, emb), padded(rows, mask), padded(rows, negative), padded(rows, lowres_all),
+                         None, None, padded(rows, ssr_keys))
             high[rows] = out[: len(rows)]
         videos = high
         if s.task not in UNKNOWN_TASKS:  # the input's known pixels, fitted to the output size, pasted in after SSR too
@@ -225,8 +249,9 @@ def sample(config, workdir) -> dict:
         timings["ssr_seconds"] = time.perf_counter() - start
 
     records = write_outputs(workdir, prompts, videos, s.fps) if jax.process_index() == 0 else []
-    for record, info in zip(records, task_info):
+    for record, info, request in zip(records, task_info, requests):
         record["task_inputs"] = info
+        record["negative_prompt"] = request.negative_prompt or None
     report = {
         "samples": records,
         "settings": {"sampler": s.sampler, "num_steps": s.num_steps, "guidance_scale": s.guidance_scale,
@@ -294,8 +319,8 @@ def write_outputs(workdir: pathlib.Path, prompts: list[str], videos: np.ndarray,
         frames = to_uint8(video)
         paths = {ext: workdir / f"{name}.{ext}" for ext in ("mp4", "gif", "npz", "png")}
         write_mp4(paths["mp4"], frames, fps)
-        write_gif(paths["gif"], frames, fps)
+        write_gif(paths["gif"], enlarge(frames), fps)
         np.savez_compressed(paths["npz"], frames=frames)
-        write_png(paths["png"], contact_sheet(frames))
+        write_png(paths["png"], contact_sheet(enlarge(frames)))
         records.append({"prompt": prompt, "index": i, "seed_index": i, **{k: str(v) for k, v in paths.items()}})
     return records

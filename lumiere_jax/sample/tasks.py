@@ -2,7 +2,7 @@
 
 `sample.task` picks one of TASKS; every prompt is a request with the same `sample.input`,
 `sample.mask` and `sample.outpaint`, or `sample.tasks_file` (JSON Lines) gives each request its own
-`{"prompt", "input", "mask", "outpaint"}`. Per request this module reads the files once
+`{"prompt", "input", "mask", "outpaint", "negative_prompt"}`. Per request this module reads the files once
 (`lumiere_jax.sample.inputs`) and builds, at any frame size (the base model's, and the SSR
 output's for pasting the known pixels back after super-resolution), the clip the known pixels come
 from and the known mask (1 = known), which `lumiere_jax.sample.masks.known_input` turns into the
@@ -49,6 +49,7 @@ class Request:
     input: str = ""
     mask: str = ""
     outpaint: str = ""
+    negative_prompt: str = ""  # guidance moves away from it (for an edit: what the input shows)
 
 
 def load_requests(sample, prompts: Optional[list[str]]) -> list[Request]:
@@ -71,7 +72,7 @@ def load_requests(sample, prompts: Optional[list[str]]) -> list[Request]:
         if not requests:
             raise ValueError(f"sample.tasks_file {path} holds no requests")
     else:
-        requests = [Request(p, sample.input, sample.mask, sample.outpaint) for p in prompts]
+        requests = [Request(p, sample.input, sample.mask, sample.outpaint, sample.negative_prompt) for p in prompts]
     for request in requests:
         _check_request(task, request)
     return requests

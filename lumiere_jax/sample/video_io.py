@@ -7,6 +7,21 @@ import numpy as np
 from PIL import Image
 
 
+MIN_PREVIEW_PX = 128  # the smallest frame side in GIF and PNG outputs: a 32x32 frame is too small to see
+
+
+def preview_scale(height: int, width: int) -> int:
+    """The nearest-neighbour factor that brings a frame's smaller side to MIN_PREVIEW_PX (1 if it is)."""
+    return max(1, -(-MIN_PREVIEW_PX // min(height, width)))
+
+
+def enlarge(frames: np.ndarray) -> np.ndarray:
+    """uint8 (..., H, W, 3) with every pixel repeated preview_scale times each way (the GIF and PNG
+    outputs; NPZ and MP4 keep the model's resolution)."""
+    scale = preview_scale(*frames.shape[-3:-1])
+    return frames.repeat(scale, axis=-3).repeat(scale, axis=-2)
+
+
 def to_uint8(video: np.ndarray) -> np.ndarray:
     """[-1, 1] float video (T, H, W, 3) -> uint8."""
     return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
@@ -46,22 +61,20 @@ def contact_sheet(frames: np.ndarray, columns: int = 8) -> np.ndarray:
     return sheet
 
 
-def clips_sheet(clips, scale: int = 1) -> np.ndarray:
-    """uint8 clips [(T, H, W, 3), ...] -> one image, a row of all its frames per clip, each pixel
-    repeated `scale` times (small clips stay visible)."""
-    sheet = np.concatenate([contact_sheet(c, columns=len(c)) for c in clips], axis=0)
-    return sheet.repeat(scale, axis=0).repeat(scale, axis=1)
+def clips_sheet(clips) -> np.ndarray:
+    """uint8 clips [(T, H, W, 3), ...] -> one image, a row of all its frames per clip (`enlarge`d)."""
+    return np.concatenate([contact_sheet(enlarge(c), columns=len(c)) for c in clips], axis=0)
 
 
-def tile_videos(clips: np.ndarray, columns: int, scale: int = 1) -> np.ndarray:
-    """uint8 (N, T, H, W, 3) -> (T, rows*H*scale, columns*W*scale, 3): the clips playing side by side
-    (blank tiles pad the last row)."""
+def tile_videos(clips: np.ndarray, columns: int) -> np.ndarray:
+    """uint8 (N, T, H, W, 3) -> (T, rows*H', columns*W', 3): the clips (`enlarge`d to H' x W') playing
+    side by side (blank tiles pad the last row)."""
+    clips = enlarge(clips)
     n, t, h, w, c = clips.shape
     rows = -(-n // columns)
     padded = np.zeros((rows * columns, t, h, w, c), np.uint8)
     padded[:n] = clips
-    grid = padded.reshape(rows, columns, t, h, w, c).transpose(2, 0, 3, 1, 4, 5).reshape(t, rows * h, columns * w, c)
-    return grid.repeat(scale, axis=1).repeat(scale, axis=2)
+    return padded.reshape(rows, columns, t, h, w, c).transpose(2, 0, 3, 1, 4, 5).reshape(t, rows * h, columns * w, c)
 
 
 def write_png(path: pathlib.Path, image: np.ndarray) -> None:

@@ -126,13 +126,13 @@ def make_preview_fn(graphdef, config, batch):
 
 
 def write_previews(directory: pathlib.Path, videos: np.ndarray, fps: float) -> None:
-    """One GIF per sample plus a PNG contact sheet (frames in rows, one row per sample)."""
-    from lumiere_jax.sample.video_io import clips_sheet, to_uint8, write_gif, write_png
+    """One GIF per sample plus a PNG contact sheet (frames in rows, one row per sample), enlarged."""
+    from lumiere_jax.sample.video_io import clips_sheet, enlarge, to_uint8, write_gif, write_png
 
     directory.mkdir(parents=True, exist_ok=True)
     frames = [to_uint8(v) for v in videos]
     for i, clip in enumerate(frames):
-        write_gif(directory / f"sample_{i}.gif", clip, fps)
+        write_gif(directory / f"sample_{i}.gif", enlarge(clip), fps)
     write_png(directory / "samples.png", clips_sheet(frames))
 
 
