@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine (2 CPU cores, under 10 minutes with the install): installs what it
+# The main job on a fresh machine (2 CPU cores, under 6 minutes with the install): installs what it
 # needs, then `--mode=demo` of configs/demo.py: the committed demo checkpoint samples prompts held out
 # of its training into MP4/GIF/PNG and an evaluation report, and the same model trains from scratch
 # for a few steps with its loss falling. Extra arguments are passed on (--config.demo.train_steps=30).
@@ -16,5 +16,4 @@ export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=$devices}"
 # A persistent compilation cache: the conditional tasks share one compiled sampler, and a second run
 # of the demo skips most compiles.
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-workdir/.jax_cache}"
-# --verbosity=-1: warnings only, so progress bars and results are what the terminal shows.
-exec .venv/bin/python -m lumiere_jax.main --config=configs/demo.py --workdir="$workdir" --mode=demo --verbosity=-1 "$@"
+exec .venv/bin/python -m lumiere_jax.main --config=configs/demo.py --workdir="$workdir" --mode=demo "$@"

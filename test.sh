@@ -12,4 +12,6 @@ if ! command -v shellcheck >/dev/null 2>&1; then
     echo "test.sh: shellcheck is not installed (apt-get install shellcheck); its lint test will be skipped" >&2
   fi
 fi
-exec .venv/bin/python -m pytest tests -q -p no:cacheprovider --durations=15 "$@"
+# Two test processes (TEST_WORKERS): XLA compiles on one thread, so a second process fills the other
+# core; whole files go to one process (--dist loadfile), so module-scoped fixtures are built once.
+exec .venv/bin/python -m pytest tests -q -p no:cacheprovider --durations=15 -n "${TEST_WORKERS:-2}" --dist loadfile "$@"

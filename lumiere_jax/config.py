@@ -98,13 +98,14 @@ def eval_config() -> ml_collections.ConfigDict:
 def demo_config() -> ml_collections.ConfigDict:
     """`--mode=demo`: sample the committed checkpoint, then train from scratch for a few steps."""
     d = ml_collections.ConfigDict()
-    d.samples_per_prompt = 2  # each sample prompt is sampled this many times (different noise)
+    d.samples_per_prompt = 1  # each sample prompt is sampled this many times (different noise)
     d.train_examples = 256  # synthetic clips generated for the from-scratch training
-    d.train_steps = 60  # from-scratch training steps (the loss falls; the committed checkpoint took 2,800)
+    d.train_steps = 40  # from-scratch training steps (the loss falls; the committed checkpoint took 2,800)
+    d.train_batch_size = 8  # clips per from-scratch step (the committed checkpoint trained at data.batch_size)
     d.log_every = 5  # progress-bar loss updates
     d.conditional_checkpoint = ""  # an export of the conditional model: the demo then also shows these tasks
     d.conditional_tasks = ("i2v", "inpaint", "cinemagraph")  # on inputs made from held-out clips
-    d.edit = False  # True: SDEdit colour edits of held-out clips with sample.base_checkpoint (sample.strength)
+    d.edit_checkpoint = ""  # a text-to-video export: SDEdit colour edits of held-out clips with it (sample.strength)
     d.style_checkpoint = ""  # a style export: the demo's samples again with it (sample.style_alpha)
     return d
 

@@ -12,8 +12,8 @@ Three parts (the edits belong to the second), so each is seen working:
             held-out combination) through the sampling job -> DIR/tasks/TASK/: the input files and
             tasks.jsonl, the clips, overview.gif (top row the known pixels given, the rest grey;
             bottom row the result) and the task's scores;
-  edits     with config.demo.edit, SDEdit (sample.strength) recolours one clip of every held-out
-            combination with the committed checkpoint, its caption as the negative prompt
+  edits     with config.demo.edit_checkpoint, SDEdit (sample.strength) recolours one clip of every
+            held-out combination with that model, its caption as the negative prompt
             -> DIR/tasks/edit/ (overview.gif: the input above, the edit below); with
             config.demo.style_checkpoint, the samples' prompts and seeds again with the style's spatial
             weights interpolated (sample.style_alpha) -> DIR/tasks/style/ (overview.gif: the samples
@@ -53,18 +53,19 @@ TASK_BATCH = 4  # clips per sampler call in every task: one program shape, compi
 
 def check_demo_config(config) -> None:
     d = config.demo
-    for key in ("samples_per_prompt", "train_examples", "train_steps", "log_every"):
+    for key in ("samples_per_prompt", "train_examples", "train_steps", "train_batch_size", "log_every"):
         if d[key] < 1:
             raise ValueError(f"demo.{key}={d[key]} must be >= 1")
-    if d.train_examples < config.data.batch_size:
+    if d.train_examples < d.train_batch_size:
         raise ValueError(f"demo.train_examples={d.train_examples} is less than one batch "
-                         f"(data.batch_size={config.data.batch_size})")
+                         f"(demo.train_batch_size={d.train_batch_size})")
     if not config.data.text_embeddings or config.text.encode_in_step:
         raise ValueError("the demo trains on precomputed caption embeddings: set data.text_embeddings=True "
                          "and text.encode_in_step=False")
-    if d.style_checkpoint and not (pathlib.Path(d.style_checkpoint) / "params").is_dir():
-        raise FileNotFoundError(f"demo.style_checkpoint {d.style_checkpoint} is not an export; build it with "
-                                "scripts/build_style_checkpoint.sh or set it to ''")
+    for key in ("style_checkpoint", "edit_checkpoint"):
+        if d[key] and not (pathlib.Path(d[key]) / "params").is_dir():
+            raise FileNotFoundError(f"demo.{key} {d[key]} is not an export (no params/ in it): point it at one "
+                                    "(scripts/build_*_checkpoint.sh and --mode=export write them) or set it to ''")
     if d.conditional_checkpoint:
         from lumiere_jax.evaluation.conditional import EVAL_TASKS
 
@@ -125,7 +126,8 @@ def edit_clips(config, directory: pathlib.Path) -> dict:
     pairs = [edit_pairs([clip], "color")[0] for clip in clips]
     tasks_file = write_edit_requests(pairs, directory / "inputs", config.sample.fps)
     cfg = copy.deepcopy(config)
-    cfg.sample.update(task="edit", tasks_file=str(tasks_file), prompts=[], prompts_file="", batch_size=TASK_BATCH)
+    cfg.sample.update(task="edit", tasks_file=str(tasks_file), prompts=[], prompts_file="", batch_size=TASK_BATCH,
+                      base_checkpoint=config.demo.edit_checkpoint)
     report = sample(cfg, directory)
     inputs = np.stack([pair.clip.example.frames for pair in pairs])
     outputs = np.stack([read_frames(record["npz"]) for record in report["samples"]])
@@ -201,6 +203,7 @@ def train_from_scratch(config, workdir: pathlib.Path) -> dict:
     cfg = copy.deepcopy(config)
     steps = config.demo.train_steps
     cfg.data.sources = [{"glob": str(workdir / "data" / "*.array_record"), "weight": 1.0, "kind": "video"}]
+    cfg.data.batch_size = config.demo.train_batch_size
     cfg.train.update(num_steps=steps, log_every=config.demo.log_every, checkpoint_every=steps, sample_every=0,
                      init_from="", warmup_steps=min(config.train.warmup_steps, max(1, steps // 5)))
     return train(cfg, workdir / "train")
@@ -220,7 +223,7 @@ def run_demo(config, workdir) -> dict:
     if config.demo.conditional_checkpoint:
         print(f"== 2/3: {', '.join(config.demo.conditional_tasks)} with the conditional checkpoint", file=sys.stderr)
         tasks = conditional_tasks(config, workdir / "tasks")
-    if config.demo.edit:
+    if config.demo.edit_checkpoint:
         print(f"== 2/3: colour edits (SDEdit, strength {config.sample.strength})", file=sys.stderr)
         tasks["edit"] = edit_clips(config, workdir / "tasks" / "edit")
     if config.demo.style_checkpoint:

@@ -11,7 +11,7 @@ import os
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 MODES = ("model_report", "train", "export", "sample", "compile_report", "eval", "demo")
@@ -129,11 +129,18 @@ RUNNERS = {"model_report": run_model_report, "train": run_train, "export": run_e
 
 def main(argv: list[str]) -> None:
     del argv
+    if not FLAGS["verbosity"].present:
+        # absl.app would print INFO (Orbax writes ~60 lines per checkpoint): the terminal output of a job
+        # is its progress bar and summary; --verbosity=0 brings the library logs back.
+        logging.set_verbosity(logging.WARNING)
     if FLAGS.mode not in RUNNERS:
         _fail(f"unknown --mode={FLAGS.mode!r}; choose one of {', '.join(MODES)}")
     config = load_config()
     if not FLAGS.workdir:
         _fail("--workdir is required")
+    from lumiere_jax.parallel.platforms import use_cpu_without_accelerators
+
+    use_cpu_without_accelerators()
     try:
         RUNNERS[FLAGS.mode](config, pathlib.Path(FLAGS.workdir))
     except ValueError as e:

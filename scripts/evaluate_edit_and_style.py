@@ -5,8 +5,8 @@ checkpoint's provenance JSON (last step of build_style_checkpoint.sh).
 
 Editing: held-out clips with their caption's colour changed to each other colour (and, at the default
 strength, their shape to each other shape), the clip's caption as the negative prompt, sampled through
-the sampling job with demo/checkpoint at each strength of STRENGTHS; scores: the new prompt followed,
-the direction kept, the object's track distance to the input's.
+the sampling job with the demo's edit model (demo.edit_checkpoint) at each strength of STRENGTHS;
+scores: the new prompt followed, the direction kept, the object's track distance to the input's.
 Style: the held-out prompts sampled with demo/style_checkpoint interpolated at each alpha of ALPHAS;
 scores: the background level (the style), direction, presence, colour.
 """
@@ -50,7 +50,7 @@ def edit(config, change: str, strength: float, count: int, out: pathlib.Path) ->
     cfg = copy.deepcopy(config)
     tasks_file = write_edit_requests(pairs, out / "inputs", config.sample.fps)
     cfg.sample.update(task="edit", tasks_file=str(tasks_file), strength=strength, prompts=[], prompts_file="",
-                      style_checkpoint="")
+                      style_checkpoint="", base_checkpoint=config.demo.edit_checkpoint)
     sample(cfg, out)
     scores = rounded(score_edit(out, pairs, change, config.eval.heldout))
     print(f"edit {change} strength {strength}: {json.dumps(scores)}", file=sys.stderr)
@@ -93,6 +93,7 @@ def main(argv):
         "style": {"background": list(demo_style.STYLE_BACKGROUND), "images": demo_style.STYLE_IMAGES,
                   "fine_tuned_from": config.train.init_from, "trainable": config.train.trainable},
         "heldout_combinations": config.eval.heldout,
+        "edit_checkpoint": config.demo.edit_checkpoint,
         "defaults": {"strength": default_strength, "style_alpha": default_alpha},
         "scores": {"edit": edits, "style": styles},
         "targets": {"edit": demo.EDIT_TARGETS, "style": demo_style.TARGETS},

@@ -7,14 +7,12 @@ and through weights), per clip, within 25% (norms, the loss, AdamW and the EMA a
 """
 import importlib.util
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
 from configs import stunet_tiny
 from lumiere_jax.train.compile_report import largest_fitting
+from cli_helpers import libtpu_noise, run_main
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="needs the tpu-aot extra (libtpu)")
@@ -100,13 +98,25 @@ def tiny_config(overrides=None):
     return config
 
 
-@needs_libtpu
-def test_tiny_stunet_train_step_on_a_v5p_slice():
-    from lumiere_jax.models.report import model_report
+# T5-small's width for the model's text, so that the encoder-in-step test below compiles the same
+# step with the encoder added (T5-small at 8 tokens costs about what the tiny STUNet does).
+SMALL_TEXT = {"text.encoder": "small", "model.text_dim": 512}
+REPORT_SETTINGS = {"compile.find_max_batch": True, "compile.max_batch_per_chip": 1, **SMALL_TEXT}
+
+
+@pytest.fixture(scope="module")
+def tiny_report():
+    """The compile report of the tiny STUNet's step on precomputed embeddings (one TPU compile)."""
     from lumiere_jax.train.compile_report import compile_report
 
-    config = tiny_config({"compile.find_max_batch": True, "compile.max_batch_per_chip": 1})
-    report = compile_report(config)
+    return compile_report(tiny_config(REPORT_SETTINGS))
+
+
+@needs_libtpu
+def test_tiny_stunet_train_step_on_a_v5p_slice(tiny_report):
+    from lumiere_jax.models.report import model_report
+
+    config, report = tiny_config(REPORT_SETTINGS), tiny_report
     assert (report["devices"], report["chips"], report["device_kind"]) == (4, 4, "TPU v5")
     assert report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
     assert (report["global_batch"], report["batch_per_chip"], report["fits"]) == (4, 1.0, True)
@@ -128,9 +138,44 @@ def test_tiny_stunet_train_step_on_a_v5p_slice():
 
 
 @needs_libtpu
+def test_encoding_in_the_step_puts_the_encoder_in_the_compiled_step(tiny_report):
+    """With text.encode_in_step the frozen T5 encoder runs inside the TPU program: its weights are
+    arguments (sharded over the mesh like the model's) and its forward pass is in the FLOPs. Against
+    the same step on precomputed embeddings, the FLOPs grow by the encoder's forward pass alone (XLA's
+    count of that program on the CPU, at the same batch) and the arguments by its weights per device."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from lumiere_jax.text.encoder import abstract_encoder
+    from lumiere_jax.train.compile_report import compile_report
+
+    precomputed = tiny_report
+    in_step = compile_report(tiny_config({**REPORT_SETTINGS, "text.encode_in_step": True}))
+    graphdef, weights = abstract_encoder(tiny_config(SMALL_TEXT).text)
+    parameters = sum(x.size for x in jax.tree.leaves(weights))
+    assert in_step["text"] == {"source": "T5 encoder in the step (frozen)", "encoder": "small", "variant": "t5_1_1",
+                               "encoder_parameters": parameters}
+    assert precomputed["text"] == {"source": "precomputed embeddings"}
+
+    batch, length = 4, 8
+    tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+    mask = jax.ShapeDtypeStruct((batch, length), jnp.bool_)
+    forward = jax.jit(lambda w, t, m: nnx.merge(graphdef, w)(t, m)).lower(weights, tokens, mask)
+    encoder_flops = forward.cost_analysis()["flops"]
+    added = in_step["flops_per_step"] - precomputed["flops_per_step"]
+    assert added == pytest.approx(encoder_flops, rel=0.1), (added, encoder_flops)
+
+    weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(weights))
+    added_gib = in_step["memory_per_device_gib"]["arguments"] - precomputed["memory_per_device_gib"]["arguments"]
+    # float32 weights, split over the 2 fsdp shards at most (some are replicated): between 1/2 and all of them
+    assert weight_bytes / 2 / 2**30 - 0.002 <= added_gib <= weight_bytes / 2**30 + 0.002, (added_gib, weight_bytes)
+
+
+@needs_libtpu
 @pytest.mark.parametrize("overrides, message", [
     ({"data.batch_size": 6}, r"data.batch_size=6 must be a positive multiple of 4"),
-    ({"text.encode_in_step": True}, "precomputed text embeddings"),
+    ({"text.encode_in_step": True}, "text.encoder='xxl' outputs 4096-wide embeddings but model.text_dim=32"),
     ({"mesh.shape.data": 4}, "needs 8 devices but 4 are available"),
 ])
 def test_bad_settings_fail_before_compiling(overrides, message):
@@ -141,11 +186,15 @@ def test_bad_settings_fail_before_compiling(overrides, message):
 
 
 @needs_libtpu
-def test_cli_names_a_bad_topology(repo_root, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # the mode picks the CPU backend itself
-    proc = subprocess.run([sys.executable, "-m", "lumiere_jax.main", "--config=configs/stunet_tiny.py",
-                           f"--workdir={tmp_path}", "--mode=compile_report", "--config.compile.topology=v5p-16"],
-                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("topology, message", [
+    ("v5p-16", "compile.topology='v5p-16' must be GENERATION:AxB"),  # refused before libtpu loads
+    ("v5p:3x5x7", "compile.topology='v5p:3x5x7' is not a TPU topology libtpu knows"),  # refused by libtpu
+])
+def test_cli_names_a_bad_topology_quietly(repo_root, tmp_path, topology, message):
+    """One error line; libtpu, loaded compile-only on this machine without TPU chips, adds none."""
+    proc = run_main(repo_root, "--config=configs/stunet_tiny.py", f"--workdir={tmp_path}", "--mode=compile_report",
+                    f"--config.compile.topology={topology}")
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.startswith("lumiere_jax:")]
-    assert len(lines) == 1 and "compile.topology='v5p-16' must be GENERATION:AxB" in lines[0], proc.stderr
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not libtpu_noise(proc.stderr), proc.stderr

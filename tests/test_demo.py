@@ -1,8 +1,8 @@
-"""The CPU demo: the committed checkpoint follows prompts held out of its training (with its
-provenance complete), and `--mode=demo` runs end to end with reduced step counts."""
+"""The CPU demo: the committed checkpoints are complete and their provenance meets the targets, and
+`--mode=demo` runs end to end with reduced step counts (tests/test_demo_checkpoints.py re-measures
+the checkpoints)."""
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -14,21 +14,10 @@ from PIL import Image
 from configs import demo, demo_conditional, demo_style
 from data_pipelines.synthetic import caption, parse_heldout
 from lumiere_jax.demo import REPORT_NAME, prepare_workdir
-from lumiere_jax.evaluation import evaluate_samples
-from lumiere_jax.evaluation.conditional import heldout_clips, score_task, write_requests
-from lumiere_jax.sample.job import sample
 
 TARGETS = demo.TARGETS
 HELDOUT_PROMPTS = [caption(*combo) for combo in parse_heldout(demo.HELDOUT)]
 MAX_CHECKPOINT_BYTES = 20 * 2**20
-
-
-def demo_config(repo_root):
-    """configs/demo.py with its repository-relative paths made absolute (tests may run anywhere)."""
-    config = demo.get_config()
-    config.sample.base_checkpoint = str(repo_root / config.sample.base_checkpoint)
-    config.text.vocabulary = str(repo_root / config.text.vocabulary)
-    return config
 
 
 def test_checkpoint_is_shipped_with_what_sampling_needs(repo_root):
@@ -58,20 +47,6 @@ def test_provenance_records_the_run_and_its_scores(repo_root):
         assert held[metric] >= target, metric
     # ... and only the space-time model follows the direction word (chance is 25%).
     assert framewise["direction_accuracy"] < 0.5
-
-
-def test_committed_checkpoint_follows_heldout_prompts(repo_root, tmp_path):
-    """Samples every held-out combination 8 times with the demo's own sampler settings (the
-    protocol of provenance.json): the object is there, in the prompt's colour, moving the way the
-    prompt says, although no training clip showed that combination."""
-    config = demo_config(repo_root)
-    config.sample.prompts = HELDOUT_PROMPTS * 8
-    sample(config, tmp_path)
-    report = evaluate_samples(tmp_path, progress=False, heldout=demo.HELDOUT)
-    held = report["heldout"]
-    assert held["num_clips"] == 48 and report["seen"] is None
-    for metric, target in TARGETS.items():
-        assert held[metric] >= target, (metric, report["per_combination"])
 
 
 def test_conditional_checkpoint_is_the_demo_model_fine_tuned_with_conditioning(repo_root):
@@ -114,32 +89,21 @@ def test_style_checkpoint_holds_spatial_weights_only_and_meets_the_edit_and_styl
     assert "configs/demo_style.py" in card["train_command"] and card["style"]["images"] <= 256
     assert card["defaults"] == {"strength": demo.get_config().sample.strength,
                                 "style_alpha": demo.get_config().sample.style_alpha}
+    assert card["edit_checkpoint"] == demo.get_config().demo.edit_checkpoint  # the demo's edits are the ones scored
     edits, styles = card["scores"]["edit"], card["scores"]["style"]
     default = edits[f"color_{card['defaults']['strength']}"]
     assert default["num_clips"] >= 48 and default["track_distance_px"] <= demo.EDIT_TARGETS["track_distance_px"]
     assert default["edit_success"] >= demo.EDIT_TARGETS["edit_success"]
-    # Recorded as measured: direction kept is 88.5% here, under the 90% target (issue 15 stays open).
-    assert card["targets_met"]["edit"]["direction_kept"] == (default["direction_kept"] >= 0.9)
+    assert default["direction_kept"] >= demo.EDIT_TARGETS["direction_kept"]
+    shape = edits[f"shape_{card['defaults']['strength']}"]  # another shape, the same direction
+    assert shape["num_clips"] >= 48 and shape["direction_kept"] >= demo.EDIT_TARGETS["direction_kept"]
+    assert shape["track_distance_px"] <= demo.EDIT_TARGETS["track_distance_px"]
+    assert all(card["targets_met"]["edit"].values()) and all(card["targets_met"]["shape_edit_keeps_motion"].values())
     backgrounds = [styles[a]["background_level"] for a in sorted(styles, key=float)]
     assert backgrounds == sorted(backgrounds) and backgrounds[-1] > backgrounds[0] + 0.1  # the style rises with alpha
     at_default = styles[str(card["defaults"]["style_alpha"])]
     assert at_default["num_clips"] >= 48 and all(at_default[k] >= v for k, v in demo_style.TARGETS.items())
     assert all(card["targets_met"]["style"].values()) and card["targets_met"]["style_rises_with_alpha"]
-
-
-def test_conditional_checkpoint_animates_heldout_images_the_way_each_word_says(repo_root, tmp_path):
-    """Image-to-video as in the provenance protocol (one first frame of every held-out combination
-    here instead of two, to keep the suite short), each with the four direction words, through the
-    sampling job's tasks_file path."""
-    config = demo_config(repo_root)
-    config.sample.base_checkpoint = str(repo_root / "demo" / "conditional_checkpoint")
-    clips = heldout_clips(demo.HELDOUT, 1, config.data.num_frames, config.data.resolution, central=True)
-    config.sample.update(task="i2v", tasks_file=str(write_requests("i2v", clips, tmp_path / "inputs", 16.0)))
-    sample(config, tmp_path)
-    scores = score_task("i2v", tmp_path, pathlib.Path(config.sample.tasks_file), demo.HELDOUT, 16.0)
-    assert scores["num_clips"] == 24 and scores["known_pixels_kept"] == 1.0
-    for metric, target in demo_conditional.TARGETS["i2v"].items():
-        assert scores[metric] >= target, (metric, scores)
 
 
 def test_prepare_workdir_replaces_a_demo_and_refuses_anything_else(tmp_path):
@@ -168,8 +132,7 @@ def run_demo(repo_root, workdir, *overrides):
 def test_demo_mode_end_to_end(repo_root, tmp_path):
     workdir = tmp_path / "demo"
     proc = run_demo(repo_root, workdir, "--config.demo.samples_per_prompt=1", "--config.sample.num_steps=2",
-                    "--config.demo.train_examples=32", "--config.demo.train_steps=6", "--config.demo.log_every=2",
-                    "--config.data.batch_size=8")
+                    "--config.demo.train_examples=32", "--config.demo.train_steps=6", "--config.demo.log_every=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     samples = workdir / "samples"
     mp4s = sorted(samples.glob("*.mp4"))

@@ -80,4 +80,34 @@ def test_ssr_trains_on_pairs_made_from_high_resolution_shards(tmp_path):
     from PIL import Image
 
     with Image.open(tmp_path / "run" / "samples" / "step_00000012" / "sample_0.gif") as gif:
-        assert gif.size == (32, 32) and gif.n_frames == 4
+        assert gif.size == (128, 128) and gif.n_frames == 4  # 32x32 enlarged 4x
+
+
+def test_in_step_text_encoding_trains_on_real_shards_as_precomputed_embeddings_do(tmp_path, repo_root):
+    """text.encode_in_step on shards from data_pipelines.synthetic: Grain's workers tokenize each
+    caption with config.text's vocabulary and the step encodes the ids with the frozen encoder (the
+    demo's seeded tiny T5). The same shards with that encoder's embeddings precomputed by
+    data_pipelines.encode_captions train to the same losses, step for step."""
+    from data_pipelines import encode_captions
+
+    config = train_config(steps=4)
+    config.text.update(encoder="tiny", checkpoint_format="seed", init_seed=0, max_length=8, dtype="float32",
+                       vocabulary=str(repo_root / "demo" / "checkpoint" / "vocab.model"))
+    config.train.checkpoint_every = 4
+    assert synthetic.main(["--output_dir", str(tmp_path / "clips"), "--num_examples", "32", "--num_frames", "8",
+                           "--sizes", "16", "--num_shards", "1", "--workers", "1"]) == 0
+    config.data.sources = str(tmp_path / "clips" / "*.array_record")
+    config.data.num_workers = 1  # both runs: the worker count decides which records share a batch
+
+    config.text.encode_in_step, config.data.text_embeddings = True, False
+    in_step = train(config, tmp_path / "in_step")
+
+    encode_captions.main(["--input", str(tmp_path / "clips" / "*.jsonl"), "--encoder", "tiny",
+                          "--checkpoint_format", "seed", "--init_seed", "0", "--vocabulary", config.text.vocabulary,
+                          "--max_length", "8", "--dtype", "float32", "--batch_size", "8"])
+    config.text.encode_in_step, config.data.text_embeddings = False, True
+    precomputed = train(config, tmp_path / "precomputed")
+
+    assert in_step["step"] == precomputed["step"] == 4
+    assert in_step["losses"][-1] < in_step["losses"][0]
+    np.testing.assert_allclose(in_step["losses"], precomputed["losses"], rtol=1e-5)

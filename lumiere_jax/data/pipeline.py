@@ -13,7 +13,9 @@ mesh's batch axes (('data', 'fsdp') by default) with `jax.make_array_from_proces
 and scales video to [-1, 1] on device.
 
 Batch dict: video float32 (B, T, H, W, 3) in [-1, 1]; is_image bool (B,); optional
-video_hires, text_embeddings (B, L, D) bfloat16 and text_mask (B, L) bool (all global arrays);
+video_hires, text_embeddings (B, L, D) bfloat16 (data.text_embeddings) or text_tokens (B, L) int32
+(text.encode_in_step: each caption tokenized in the workers with config.text's vocabulary), and
+text_mask (B, L) bool (all global arrays);
 host-side: image_batch, True when every row is an image (with data.mix_by='batch', the
 default, a batch comes from one source, so this is the same on every host and can pick the
 model's image mode); caption and id, numpy string arrays of this host's rows (in the order of
@@ -42,6 +44,7 @@ from lumiere_jax.data.schema import RecordError, parse_record
 from lumiere_jax.data.shards import SHARD_SUFFIX
 from lumiere_jax.data.transforms import (
     KINDS,
+    CaptionTokens,
     ClipSpec,
     DecodeClip,
     DropSkipped,
@@ -56,7 +59,7 @@ from lumiere_jax.parallel.sharding import batch_shard_count, batch_sharding
 
 SOURCE_KEYS = ("glob", "weight", "kind")
 MIX_BY = ("batch", "example")
-GLOBAL_KEYS = ("video", "video_hires", "is_image", "text_embeddings", "text_mask")
+GLOBAL_KEYS = ("video", "video_hires", "is_image", "text_embeddings", "text_mask", "text_tokens")
 _VIDEO_KEYS = ("video", "video_hires")
 _MIX_WINDOW = 4096  # elements whose order is shuffled together after mixing sources
 _PROBE_RECORDS = 8  # records read per source at start-up to check it against the config
@@ -176,15 +179,26 @@ def _probe(data: TolerantSource, spec: ClipSpec, source: Source, index: int) -> 
     raise ValueError(f"data.sources[{index}] ({source.glob!r}) does not fit the data config: {error}")
 
 
-def _clip_spec(data_cfg, kind: str, text_length: Optional[int]) -> ClipSpec:
+def _clip_spec(config, kind: str) -> ClipSpec:
+    data_cfg, text = config.data, config.text
     return ClipSpec(
         num_frames=int(data_cfg.num_frames),
         resolution=int(data_cfg.resolution),
         kind=kind,
         random_flip=bool(data_cfg.random_flip),
         hires_resolution=int(data_cfg.hires_resolution),
-        text_length=text_length if data_cfg.text_embeddings else None,
+        text_length=int(text.max_length) if data_cfg.text_embeddings else None,
+        tokens=CaptionTokens(text.vocabulary, int(text.max_length), int(text.extra_ids)) if text.encode_in_step else None,
     )
+
+
+def check_text_source(config) -> None:
+    """The train step reads precomputed embeddings or encodes token ids itself, never both."""
+    if config.text.encode_in_step and config.data.text_embeddings:
+        raise ValueError("text.encode_in_step=True encodes the captions in the train step, so the pipeline "
+                         "tokenizes them instead of reading precomputed embeddings: set data.text_embeddings=False")
+    if config.text.encode_in_step:
+        CaptionTokens(config.text.vocabulary, int(config.text.max_length), int(config.text.extra_ids)).tokenizer()
 
 
 def per_host_batch_size(batch_size: int, process_count: int) -> int:
@@ -195,8 +209,7 @@ def per_host_batch_size(batch_size: int, process_count: int) -> int:
 
 def _decoded_source(source: Source, index: int, config, process_index: int, process_count: int) -> grain.MapDataset:
     """One source's records for this host: its share, shuffled anew each epoch, decoded."""
-    data_cfg = config.data
-    spec = _clip_spec(data_cfg, source.kind, int(config.text.max_length))
+    spec = _clip_spec(config, source.kind)
     data = _open_source(source, index, process_count)
     _probe(data, spec, source, index)
     shuffle_seed, map_seed = (int(s) for s in np.random.SeedSequence([int(config.seed), index]).generate_state(2))
@@ -214,6 +227,7 @@ def host_dataset(config, process_index: int = 0, process_count: int = 1) -> grai
     data_cfg = config.data
     if data_cfg.mix_by not in MIX_BY:
         raise ValueError(f"data.mix_by must be one of {MIX_BY}, got {data_cfg.mix_by!r}")
+    check_text_source(config)
     sources = resolve_sources(data_cfg.sources)
     datasets = [_decoded_source(s, i, config, process_index, process_count) for i, s in enumerate(sources)]
     weights = [s.weight for s in sources]
@@ -295,7 +309,9 @@ class DataPipeline:
 
     def _global(self, local: np.ndarray) -> jax.Array:
         sharding: NamedSharding = batch_sharding(self._mesh, self._rules, local.ndim)
-        return jax.make_array_from_process_local_data(sharding, np.asarray(local), (self.batch_size, *local.shape[1:]))
+        # np.array copies: on the CPU jax would alias the worker's shared-memory block, which then
+        # outlives Grain's clean-up and is reported as leaked shared memory at exit.
+        return jax.make_array_from_process_local_data(sharding, np.array(local), (self.batch_size, *local.shape[1:]))
 
     def get_state(self) -> dict[str, Any]:
         """This host's position in the data (JSON-serialisable), for checkpoints."""

@@ -114,6 +114,37 @@ class ClipSpec:
     random_flip: bool = False
     hires_resolution: int = 0  # > 0: also the same frames from the record's hires copy
     text_length: Optional[int] = None  # set: every example carries (text_length, D) text embeddings
+    tokens: Optional["CaptionTokens"] = None  # set: every example carries its caption's T5 token ids
+
+
+class CaptionTokens:
+    """A caption -> its T5 token ids (L,) int32 and mask (L,) bool, for encoding inside the train step.
+
+    Built from `config.text` (vocabulary, max_length, extra_ids); the sentencepiece processor is
+    made on first use in each process, since Grain's workers unpickle this object and a processor
+    does not pickle. A caption's ids depend on nothing else, so resumed runs see the same ones.
+    """
+
+    def __init__(self, vocabulary: str, max_length: int, extra_ids: int):
+        self.vocabulary, self.max_length, self.extra_ids = vocabulary, max_length, extra_ids
+        self._tokenizer = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_tokenizer"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _tokenizer=None)
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from lumiere_jax.text.tokenizer import T5Tokenizer
+
+            self._tokenizer = T5Tokenizer(self.vocabulary, self.max_length, self.extra_ids)
+        return self._tokenizer
+
+    def __call__(self, caption: str) -> tuple[np.ndarray, np.ndarray]:
+        batch = self.tokenizer()([caption])
+        return batch.tokens[0], batch.mask[0]
 
 
 def check_record(view: RecordView, spec: ClipSpec) -> None:
@@ -164,6 +195,8 @@ class DecodeClip(grain.transforms.RandomMap):
             if self.spec.text_length is not None:
                 text = text_arrays(view, element.shard, self.spec, self.lookup)
                 example["text_embeddings"], example["text_mask"] = text
+            if self.spec.tokens is not None:
+                example["text_tokens"], example["text_mask"] = self.spec.tokens(view.caption)
             return example
         except RecordError as e:
             return Skipped(f"{e} (in {element.shard})")

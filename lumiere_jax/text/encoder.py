@@ -36,6 +36,20 @@ def encoder_config(text: ml_collections.ConfigDict) -> T5Config:
     return t5_config(text.encoder, text.variant, dtype=text.dtype, param_dtype=text.param_dtype)
 
 
+def abstract_encoder(text: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.State]:
+    """The encoder of `config.text` as (graphdef, weights as ShapeDtypeStructs): nothing is allocated,
+    for programs compiled ahead of time (the compile report of a step that encodes in-step)."""
+    return nnx.split(nnx.eval_shape(lambda: T5Encoder(encoder_config(text), rngs=nnx.Rngs(0))))
+
+
+def check_encoder_width(text: ml_collections.ConfigDict, text_dim: int) -> None:
+    """The encoder's output width must be what the diffusion model reads (model.text_dim)."""
+    width = encoder_config(text).d_model
+    if width != text_dim:
+        raise ValueError(f"text.encoder={text.encoder!r} outputs {width}-wide embeddings but model.text_dim="
+                         f"{text_dim}: set model.text_dim={width} or pick the encoder the model was built for")
+
+
 def load_text_encoder(text: ml_collections.ConfigDict, mesh: Optional[Mesh] = None, rules=None) -> T5Encoder:
     """Reads the checkpoint of `config.text` into a T5Encoder, sharded over `mesh` when given."""
     if text.checkpoint_format not in FORMATS:

@@ -11,6 +11,7 @@ fitting, not raised, so `compile.find_max_batch` can search the largest batch th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import os
 import sys
@@ -22,6 +23,8 @@ from flax import nnx
 from tqdm import tqdm
 
 from lumiere_jax.parallel import batch_shard_count, logical_axis_rules, mesh_from_config, state_shardings
+from lumiere_jax.parallel.platforms import describe_absent_tpu_host
+from lumiere_jax.text.encoder import abstract_encoder
 from lumiere_jax.train.metrics import peak_tflops
 from lumiere_jax.train.optimizer import learning_rate_schedule
 from lumiere_jax.train.step import make_train_step, step_inputs
@@ -36,10 +39,11 @@ GIB = 2**30
 class TrainProgram:
     """One train step with abstract arguments: what `compile_step` needs, nothing allocated."""
 
-    step: Callable  # step(state, batch) -> (state, metrics)
+    step: Callable  # step(state, batch[, encoder weights]) -> (state, metrics)
     state: Any  # the train state as ShapeDtypeStructs
     shardings: Any  # NamedShardings of `state` on the mesh
     batch: dict  # the step's inputs as ShapeDtypeStructs
+    frozen: Optional[tuple] = None  # with text.encode_in_step: the T5 encoder's (weights, shardings), abstract
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +75,7 @@ def tpu_slice(topology: str, num_slices: int = 1, hbm_gib: float = 0.0) -> Slice
                          f"{sorted(HBM_GIB)} (e.g. v5p:2x2x2, v6e:2x4) or set compile.hbm_gib for another chip")
     from jax.experimental import topologies
 
+    describe_absent_tpu_host()
     # Compile-only: no chip is touched, so concurrent compile jobs must not lock each other out of libtpu.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
@@ -109,13 +114,19 @@ def train_program(config, mesh, rules, batch_size: int) -> TrainProgram:
     The state comes from the trainer's own `build_train_state` traced under `nnx.eval_shape`
     (built without a mesh: only shapes are kept; the shardings come from the logical axes).
     """
-    if config.text.encode_in_step:
-        raise ValueError("compile_report compiles the train step on precomputed text embeddings; set "
-                         "--config.text.encode_in_step=False (the T5 encoder is a separate, frozen program)")
     train_state = nnx.eval_shape(lambda: build_train_state(config, None, rules))
     graphdef, state = nnx.split(train_state)
     step = make_train_step(graphdef, config, learning_rate_schedule(config.train))
-    return TrainProgram(step, state, state_shardings(state, mesh, rules), abstract_batch(config, batch_size))
+    frozen = None
+    if config.text.encode_in_step:  # the frozen encoder runs in the step: its weights and FLOPs count
+        encoder_graphdef, weights = abstract_encoder(config.text)
+        frozen = (weights, state_shardings(weights, mesh, rules))
+        step = functools.partial(_with_encoder, step, encoder_graphdef)
+    return TrainProgram(step, state, state_shardings(state, mesh, rules), abstract_batch(config, batch_size), frozen)
+
+
+def _with_encoder(step, encoder_graphdef, state, batch, weights):
+    return step(state, batch, (encoder_graphdef, weights))
 
 
 def batch_unit(mesh, rules, microbatches: int) -> int:
@@ -157,7 +168,7 @@ def compile_for_batch(config, tpu: Slice, mesh, rules, batch_size: int) -> dict:
     program = train_program(config, mesh, rules, batch_size)
     result = {"global_batch": batch_size, "batch_per_chip": round(batch_size / tpu.chips, 3)}
     out, error = try_compile(lambda: compile_step(program.step, program.state, program.shardings, program.batch,
-                                                  mesh, rules))
+                                                  mesh, rules, program.frozen))
     if error is not None:
         return {**result, "fits": False, "compile_error": error}
     compiled, info = out
@@ -227,6 +238,16 @@ def find_max_batch(config, tpu: Slice, mesh, rules, unit: int, first: dict) -> d
                                                                   "compile_error")} for u in sorted(tried)]}
 
 
+def text_summary(text) -> dict:
+    """Where the step's text condition comes from; with the encoder in the step, its size (its weights
+    are arguments of the compiled program and its forward pass is in the FLOPs)."""
+    if not text.encode_in_step:
+        return {"source": "precomputed embeddings"}
+    weights = abstract_encoder(text)[1]
+    return {"source": "T5 encoder in the step (frozen)", "encoder": text.encoder, "variant": text.variant,
+            "encoder_parameters": sum(x.size for x in jax.tree.leaves(weights))}
+
+
 def compile_report(config) -> dict:
     """The JSON report of `config`'s train step on the TPU slice `config.compile.topology`."""
     c = config.compile
@@ -246,7 +267,7 @@ def compile_report(config) -> dict:
         "chips": tpu.chips, "devices": len(tpu.devices), "hbm_gib_per_device": round(tpu.hbm_gib_per_device, 3),
         "mesh": dict(mesh.shape), "model": "STUNet" if config.model.temporal.enabled else "T2I U-Net",
         "trainable": config.train.trainable, "frames": config.data.num_frames, "resolution": config.data.resolution,
-        "compute_dtype": config.model.dtype, "remat": config.model.remat, **first,
+        "compute_dtype": config.model.dtype, "remat": config.model.remat, "text": text_summary(config.text), **first,
         "flops_source": "XLA cost analysis of the compiled TPU program, per device (recompute included)",
     }
     if c.find_max_batch:

@@ -18,6 +18,7 @@ from lumiere_jax import diffusion
 from lumiere_jax.models.conditioning import call_model, upsample
 from lumiere_jax.sample.masks import KNOWN_CHANNELS
 from lumiere_jax.text.conditioning import text_conditioning
+from lumiere_jax.text.encoder import check_encoder_width
 from lumiere_jax.train.mask_mix import draw_conditions, mix_probabilities
 from lumiere_jax.train.state import TrainState
 
@@ -79,6 +80,8 @@ def make_train_step(graphdef: nnx.GraphDef, config, schedule_fn: optax.Schedule,
     if train.microbatches < 1:
         raise ValueError(f"train.microbatches={train.microbatches} must be >= 1")
     conditional = check_conditioning_channels(config)
+    if config.text.encode_in_step:
+        check_encoder_width(config.text, config.model.text_dim)
 
     def micro_loss(params, rest, model_graphdef, batch, rng, encoder):
         model = nnx.merge(model_graphdef, params, rest)

@@ -83,14 +83,20 @@ def _abstract(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def compile_step(step_fn, state, shardings, batch, mesh, rules):
-    """jit with explicit shardings and a donated state, lowered and compiled ahead of time."""
+def compile_step(step_fn, state, shardings, batch, mesh, rules, frozen=None):
+    """jit with explicit shardings and a donated state, lowered and compiled ahead of time.
+
+    `frozen` = (weights, their shardings): a third argument of `step_fn` that is not donated (the
+    frozen text encoder's weights with text.encode_in_step), passed in rather than closed over so
+    that they are not baked into the program as constants.
+    """
     batch_shardings = {k: batch_sharding(mesh, rules, v.ndim) for k, v in batch.items()}
-    jitted = jax.jit(step_fn, in_shardings=(shardings, batch_shardings), out_shardings=(shardings, None),
-                     donate_argnums=0)
+    in_shardings = (shardings, batch_shardings) + ((frozen[1],) if frozen else ())
+    args = (_abstract(state, shardings), _abstract(batch, batch_shardings)) + ((_abstract(*frozen),) if frozen else ())
+    jitted = jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(shardings, None), donate_argnums=0)
     start = time.perf_counter()
     with jax.set_mesh(mesh):
-        compiled = jitted.lower(_abstract(state, shardings), _abstract(batch, batch_shardings)).compile()
+        compiled = jitted.lower(*args).compile()
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}
@@ -147,15 +153,16 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
     train_cfg = config.train
     mesh = mesh_from_config(config.mesh)
     rules = logical_axis_rules(config.mesh.rules)
+    owns_batches = batches is None
+    if owns_batches:  # first: a bad data path or shard fails before minutes of model building
+        from lumiere_jax.data.pipeline import make_pipeline
+
+        batches = make_pipeline(config, mesh)
     ts = build_train_state(config, mesh, rules)
     graphdef, state = nnx.split(ts)
     shardings = state_shardings(state, mesh, rules)
     config_dict = json.loads(config.to_json())
     checkpointer = Checkpointer(workdir / "checkpoints", train_cfg, config_dict)
-    if batches is None:
-        from lumiere_jax.data.pipeline import make_pipeline
-
-        batches = make_pipeline(config, mesh)
 
     start = checkpointer.latest_step()
     if start is not None:
@@ -168,15 +175,23 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
             state = nnx.state(ts)
     del ts
 
-    encoder_state = None
+    encoder = None  # with text.encode_in_step, the frozen text encoder: (graphdef, weights, their shardings)
     if config.text.encode_in_step:
-        from lumiere_jax.text.encoder import load_text_encoder
+        from lumiere_jax.text.encoder import load_text_encoder, load_tokenizer
 
-        encoder_state = nnx.split(load_text_encoder(config.text, mesh, rules))
+        module = load_text_encoder(config.text, mesh, rules)
+        if owns_batches:  # the pipeline tokenizes with config.text.vocabulary: ids the encoder must embed
+            load_tokenizer(config.text, module.config.vocab_size)
+        encoder_graphdef, weights = nnx.split(module)
+        encoder = (encoder_graphdef, weights, state_shardings(weights, mesh, rules))
+        del module
+
     def step_fn(image_mode: bool):
         fn = make_train_step(graphdef, config, learning_rate_schedule(train_cfg), image_mode)
-        return fn if encoder_state is None else (lambda s, b: fn(s, b, encoder_state))
+        return fn if encoder is None else (lambda s, b, w: fn(s, b, (encoder[0], w)))
 
+    frozen = None if encoder is None else encoder[1:]  # compile_step's third argument, not donated
+    frozen_args = () if encoder is None else (encoder[1],)
     writer = MetricWriter(workdir / "tensorboard")
     preemption = Preemption()
     peak = peak_tflops(jax.devices()[0].device_kind, train_cfg.peak_tflops)
@@ -194,9 +209,10 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
             inputs = step_inputs(batch, config)
             image_batch = bool(batch.get("image_batch", False))
             if image_batch not in compiled:
-                compiled[image_batch], info = compile_step(step_fn(image_batch), state, shardings, inputs, mesh, rules)
+                compiled[image_batch], info = compile_step(step_fn(image_batch), state, shardings, inputs,
+                                                           mesh, rules, frozen)
                 interval_start = time.perf_counter()
-            state, metrics = compiled[image_batch](state, inputs)
+            state, metrics = compiled[image_batch](state, inputs, *frozen_args)
             step += 1
             history.append(metrics)
             if step % train_cfg.log_every == 0 or step == train_cfg.num_steps:
@@ -211,7 +227,7 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
                         f"checkpoint is kept in {workdir / 'checkpoints'}. Lower train.learning_rate or check the data.")
             if train_cfg.sample_every and step % train_cfg.sample_every == 0:
                 preview = preview or make_preview_fn(graphdef, config, batch)
-                text, mask = _text_of(batch, config, encoder_state)
+                text, mask = _text_of(batch, config, None if encoder is None else encoder[:2])
                 videos = jax.device_get(preview(state, text, mask, batch["video"], jax.random.key(step)))
                 if jax.process_index() == 0:
                     write_previews(workdir / "samples" / f"step_{step:08d}", videos, PREVIEW_FPS)
@@ -222,6 +238,8 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
             checkpointer.save(step, state, batches)
     finally:
         checkpointer.close()
+        if owns_batches:
+            batches.close()  # its worker processes, now: left to exit they warn of leaked shared memory
         writer.close()
         bar.close()
         preemption.restore()
