@@ -147,12 +147,13 @@ def test_encoding_in_the_step_puts_the_encoder_in_the_compiled_step(tiny_report)
     import jax.numpy as jnp
     from flax import nnx
 
-    from lumiere_jax.text.encoder import abstract_encoder
+    from lumiere_jax.text.checkpoint import abstract_encoder
+    from lumiere_jax.text.encoder import encoder_config
     from lumiere_jax.train.compile_report import compile_report
 
     precomputed = tiny_report
     in_step = compile_report(tiny_config({**REPORT_SETTINGS, "text.encode_in_step": True}))
-    graphdef, weights = abstract_encoder(tiny_config(SMALL_TEXT).text)
+    graphdef, weights = nnx.split(abstract_encoder(encoder_config(tiny_config(SMALL_TEXT).text)))
     parameters = sum(x.size for x in jax.tree.leaves(weights))
     assert in_step["text"] == {"source": "T5 encoder in the step (frozen)", "encoder": "small", "variant": "t5_1_1",
                                "encoder_parameters": parameters}

@@ -310,3 +310,30 @@ def test_text_embeddings_inline_and_from_the_store(tmp_path):
                 np.testing.assert_array_equal(np.asarray(batch["text_embeddings"][row]),
                                               record.text_embeddings.astype(ml_dtypes.bfloat16))
                 np.testing.assert_array_equal(np.asarray(batch["text_mask"][row]), record.text_mask)
+
+
+@pytest.mark.parametrize("text_embeddings, vocabulary, error, message", [
+    (True, "demo/checkpoint/vocab.model", ValueError, "set data.text_embeddings=False"),
+    (False, "no/such/vocab.model", FileNotFoundError, "sentencepiece vocabulary 'no/such/vocab.model' does not exist"),
+])
+def test_in_step_encoding_refuses_a_second_text_source_and_a_missing_vocabulary(
+        repo_root, text_embeddings, vocabulary, error, message):
+    config = base_config()
+    config.text.update(encode_in_step=True, vocabulary=str(vocabulary), max_length=8)
+    config.data.text_embeddings = text_embeddings
+    with pytest.raises(error, match=message):
+        pipeline_module.caption_tokens(config)
+
+
+def test_caption_tokens_survive_pickling_into_a_worker(repo_root):
+    """Grain's workers unpickle the transform: the tokenizer is rebuilt there and gives the same ids."""
+    import pickle
+
+    config = base_config()
+    config.text.update(encode_in_step=True, vocabulary=str(repo_root / "demo/checkpoint/vocab.model"), max_length=8)
+    tokens = pipeline_module.caption_tokens(config)
+    ids, mask = tokens("a red circle moving left")
+    again, again_mask = pickle.loads(pickle.dumps(tokens))("a red circle moving left")
+    np.testing.assert_array_equal(ids, again)
+    np.testing.assert_array_equal(mask, again_mask)
+    assert ids.shape == (8,) and ids.dtype == np.int32 and mask.sum() == 6 and ids[5] == 1  # five words, EOS

@@ -179,26 +179,32 @@ def _probe(data: TolerantSource, spec: ClipSpec, source: Source, index: int) -> 
     raise ValueError(f"data.sources[{index}] ({source.glob!r}) does not fit the data config: {error}")
 
 
-def _clip_spec(config, kind: str) -> ClipSpec:
-    data_cfg, text = config.data, config.text
+def _clip_spec(config, kind: str, tokens: Optional[CaptionTokens]) -> ClipSpec:
+    data_cfg = config.data
     return ClipSpec(
         num_frames=int(data_cfg.num_frames),
         resolution=int(data_cfg.resolution),
         kind=kind,
         random_flip=bool(data_cfg.random_flip),
         hires_resolution=int(data_cfg.hires_resolution),
-        text_length=int(text.max_length) if data_cfg.text_embeddings else None,
-        tokens=CaptionTokens(text.vocabulary, int(text.max_length), int(text.extra_ids)) if text.encode_in_step else None,
+        text_length=int(config.text.max_length) if data_cfg.text_embeddings else None,
+        tokens=tokens,
     )
 
 
-def check_text_source(config) -> None:
-    """The train step reads precomputed embeddings or encodes token ids itself, never both."""
-    if config.text.encode_in_step and config.data.text_embeddings:
+def caption_tokens(config) -> Optional[CaptionTokens]:
+    """With text.encode_in_step, the captions' tokenizer (its vocabulary read here, so a missing or
+    damaged file fails at start-up); the train step reads precomputed embeddings or encodes token
+    ids itself, never both."""
+    text = config.text
+    if not text.encode_in_step:
+        return None
+    if config.data.text_embeddings:
         raise ValueError("text.encode_in_step=True encodes the captions in the train step, so the pipeline "
                          "tokenizes them instead of reading precomputed embeddings: set data.text_embeddings=False")
-    if config.text.encode_in_step:
-        CaptionTokens(config.text.vocabulary, int(config.text.max_length), int(config.text.extra_ids)).tokenizer()
+    tokens = CaptionTokens(text.vocabulary, int(text.max_length), int(text.extra_ids))
+    tokens.tokenizer()
+    return tokens
 
 
 def per_host_batch_size(batch_size: int, process_count: int) -> int:
@@ -207,9 +213,10 @@ def per_host_batch_size(batch_size: int, process_count: int) -> int:
     return batch_size // process_count
 
 
-def _decoded_source(source: Source, index: int, config, process_index: int, process_count: int) -> grain.MapDataset:
+def _decoded_source(source: Source, index: int, config, tokens: Optional[CaptionTokens], process_index: int,
+                    process_count: int) -> grain.MapDataset:
     """One source's records for this host: its share, shuffled anew each epoch, decoded."""
-    spec = _clip_spec(config, source.kind)
+    spec = _clip_spec(config, source.kind, tokens)
     data = _open_source(source, index, process_count)
     _probe(data, spec, source, index)
     shuffle_seed, map_seed = (int(s) for s in np.random.SeedSequence([int(config.seed), index]).generate_state(2))
@@ -227,9 +234,9 @@ def host_dataset(config, process_index: int = 0, process_count: int = 1) -> grai
     data_cfg = config.data
     if data_cfg.mix_by not in MIX_BY:
         raise ValueError(f"data.mix_by must be one of {MIX_BY}, got {data_cfg.mix_by!r}")
-    check_text_source(config)
+    tokens = caption_tokens(config)
     sources = resolve_sources(data_cfg.sources)
-    datasets = [_decoded_source(s, i, config, process_index, process_count) for i, s in enumerate(sources)]
+    datasets = [_decoded_source(s, i, config, tokens, process_index, process_count) for i, s in enumerate(sources)]
     weights = [s.weight for s in sources]
     read = grain.ReadOptions(
         num_threads=int(data_cfg.read_threads), prefetch_buffer_size=int(data_cfg.read_buffer_size)

@@ -36,12 +36,6 @@ def encoder_config(text: ml_collections.ConfigDict) -> T5Config:
     return t5_config(text.encoder, text.variant, dtype=text.dtype, param_dtype=text.param_dtype)
 
 
-def abstract_encoder(text: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.State]:
-    """The encoder of `config.text` as (graphdef, weights as ShapeDtypeStructs): nothing is allocated,
-    for programs compiled ahead of time (the compile report of a step that encodes in-step)."""
-    return nnx.split(nnx.eval_shape(lambda: T5Encoder(encoder_config(text), rngs=nnx.Rngs(0))))
-
-
 def check_encoder_width(text: ml_collections.ConfigDict, text_dim: int) -> None:
     """The encoder's output width must be what the diffusion model reads (model.text_dim)."""
     width = encoder_config(text).d_model

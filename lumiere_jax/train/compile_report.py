@@ -11,7 +11,6 @@ fitting, not raised, so `compile.find_max_batch` can search the largest batch th
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 import os
 import sys
@@ -24,11 +23,12 @@ from tqdm import tqdm
 
 from lumiere_jax.parallel import batch_shard_count, logical_axis_rules, mesh_from_config, state_shardings
 from lumiere_jax.parallel.platforms import describe_absent_tpu_host
-from lumiere_jax.text.encoder import abstract_encoder
+from lumiere_jax.text.checkpoint import abstract_encoder, count_parameters
+from lumiere_jax.text.encoder import encoder_config
 from lumiere_jax.train.metrics import peak_tflops
 from lumiere_jax.train.optimizer import learning_rate_schedule
 from lumiere_jax.train.step import make_train_step, step_inputs
-from lumiere_jax.train.trainer import build_train_state, compile_step
+from lumiere_jax.train.trainer import FrozenEncoder, build_train_state, compile_step
 
 # HBM per chip (GiB) by TPU generation, the prefix of a topology name such as "v5p:2x2x2".
 HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "v6e": 32.0}
@@ -39,11 +39,11 @@ GIB = 2**30
 class TrainProgram:
     """One train step with abstract arguments: what `compile_step` needs, nothing allocated."""
 
-    step: Callable  # step(state, batch[, encoder weights]) -> (state, metrics)
+    step: Callable  # step(state, batch[, encoder state]) -> (state, metrics)
     state: Any  # the train state as ShapeDtypeStructs
     shardings: Any  # NamedShardings of `state` on the mesh
     batch: dict  # the step's inputs as ShapeDtypeStructs
-    frozen: Optional[tuple] = None  # with text.encode_in_step: the T5 encoder's (weights, shardings), abstract
+    encoder: Optional[FrozenEncoder] = None  # with text.encode_in_step: the T5 encoder, abstract
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,16 +117,11 @@ def train_program(config, mesh, rules, batch_size: int) -> TrainProgram:
     train_state = nnx.eval_shape(lambda: build_train_state(config, None, rules))
     graphdef, state = nnx.split(train_state)
     step = make_train_step(graphdef, config, learning_rate_schedule(config.train))
-    frozen = None
+    encoder = None
     if config.text.encode_in_step:  # the frozen encoder runs in the step: its weights and FLOPs count
-        encoder_graphdef, weights = abstract_encoder(config.text)
-        frozen = (weights, state_shardings(weights, mesh, rules))
-        step = functools.partial(_with_encoder, step, encoder_graphdef)
-    return TrainProgram(step, state, state_shardings(state, mesh, rules), abstract_batch(config, batch_size), frozen)
-
-
-def _with_encoder(step, encoder_graphdef, state, batch, weights):
-    return step(state, batch, (encoder_graphdef, weights))
+        encoder_graphdef, weights = nnx.split(abstract_encoder(encoder_config(config.text)))
+        encoder = FrozenEncoder(encoder_graphdef, weights, state_shardings(weights, mesh, rules))
+    return TrainProgram(step, state, state_shardings(state, mesh, rules), abstract_batch(config, batch_size), encoder)
 
 
 def batch_unit(mesh, rules, microbatches: int) -> int:
@@ -168,7 +163,7 @@ def compile_for_batch(config, tpu: Slice, mesh, rules, batch_size: int) -> dict:
     program = train_program(config, mesh, rules, batch_size)
     result = {"global_batch": batch_size, "batch_per_chip": round(batch_size / tpu.chips, 3)}
     out, error = try_compile(lambda: compile_step(program.step, program.state, program.shardings, program.batch,
-                                                  mesh, rules, program.frozen))
+                                                  mesh, rules, program.encoder))
     if error is not None:
         return {**result, "fits": False, "compile_error": error}
     compiled, info = out
@@ -243,9 +238,8 @@ def text_summary(text) -> dict:
     are arguments of the compiled program and its forward pass is in the FLOPs)."""
     if not text.encode_in_step:
         return {"source": "precomputed embeddings"}
-    weights = abstract_encoder(text)[1]
     return {"source": "T5 encoder in the step (frozen)", "encoder": text.encoder, "variant": text.variant,
-            "encoder_parameters": sum(x.size for x in jax.tree.leaves(weights))}
+            "encoder_parameters": count_parameters(encoder_config(text))}
 
 
 def compile_report(config) -> dict:

@@ -7,11 +7,12 @@ and SIGTERM (preemption) saves the current step before exiting.
 """
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import signal
 import time
-from typing import Iterator, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -83,16 +84,32 @@ def _abstract(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def compile_step(step_fn, state, shardings, batch, mesh, rules, frozen=None):
+class FrozenEncoder(NamedTuple):
+    """The frozen text encoder of a step that encodes in-step (text.encode_in_step)."""
+
+    graphdef: Any
+    weights: Any  # arrays, or ShapeDtypeStructs for a compile-only program
+    shardings: Any
+
+
+def _step_with_encoder(step_fn, encoder_graphdef, state, batch, weights):
+    return step_fn(state, batch, (encoder_graphdef, weights))
+
+
+def compile_step(step_fn, state, shardings, batch, mesh, rules, encoder: Optional[FrozenEncoder] = None):
     """jit with explicit shardings and a donated state, lowered and compiled ahead of time.
 
-    `frozen` = (weights, their shardings): a third argument of `step_fn` that is not donated (the
-    frozen text encoder's weights with text.encode_in_step), passed in rather than closed over so
-    that they are not baked into the program as constants.
+    With `encoder`, the compiled program takes its weights as a third argument, not donated
+    (`compiled(state, batch, encoder.weights)`): passed in rather than closed over, so that they are
+    not baked into the program as constants.
     """
     batch_shardings = {k: batch_sharding(mesh, rules, v.ndim) for k, v in batch.items()}
-    in_shardings = (shardings, batch_shardings) + ((frozen[1],) if frozen else ())
-    args = (_abstract(state, shardings), _abstract(batch, batch_shardings)) + ((_abstract(*frozen),) if frozen else ())
+    in_shardings = (shardings, batch_shardings)
+    args = (_abstract(state, shardings), _abstract(batch, batch_shardings))
+    if encoder is not None:
+        step_fn = functools.partial(_step_with_encoder, step_fn, encoder.graphdef)
+        in_shardings += (encoder.shardings,)
+        args += (_abstract(encoder.weights, encoder.shardings),)
     jitted = jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(shardings, None), donate_argnums=0)
     start = time.perf_counter()
     with jax.set_mesh(mesh):
@@ -175,7 +192,7 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
             state = nnx.state(ts)
     del ts
 
-    encoder = None  # with text.encode_in_step, the frozen text encoder: (graphdef, weights, their shardings)
+    encoder = None
     if config.text.encode_in_step:
         from lumiere_jax.text.encoder import load_text_encoder, load_tokenizer
 
@@ -183,15 +200,13 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
         if owns_batches:  # the pipeline tokenizes with config.text.vocabulary: ids the encoder must embed
             load_tokenizer(config.text, module.config.vocab_size)
         encoder_graphdef, weights = nnx.split(module)
-        encoder = (encoder_graphdef, weights, state_shardings(weights, mesh, rules))
+        encoder = FrozenEncoder(encoder_graphdef, weights, state_shardings(weights, mesh, rules))
         del module
+    encoder_args = () if encoder is None else (encoder.weights,)  # the compiled step's third argument
 
     def step_fn(image_mode: bool):
-        fn = make_train_step(graphdef, config, learning_rate_schedule(train_cfg), image_mode)
-        return fn if encoder is None else (lambda s, b, w: fn(s, b, (encoder[0], w)))
+        return make_train_step(graphdef, config, learning_rate_schedule(train_cfg), image_mode)
 
-    frozen = None if encoder is None else encoder[1:]  # compile_step's third argument, not donated
-    frozen_args = () if encoder is None else (encoder[1],)
     writer = MetricWriter(workdir / "tensorboard")
     preemption = Preemption()
     peak = peak_tflops(jax.devices()[0].device_kind, train_cfg.peak_tflops)
@@ -210,9 +225,9 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
             image_batch = bool(batch.get("image_batch", False))
             if image_batch not in compiled:
                 compiled[image_batch], info = compile_step(step_fn(image_batch), state, shardings, inputs,
-                                                           mesh, rules, frozen)
+                                                           mesh, rules, encoder)
                 interval_start = time.perf_counter()
-            state, metrics = compiled[image_batch](state, inputs, *frozen_args)
+            state, metrics = compiled[image_batch](state, inputs, *encoder_args)
             step += 1
             history.append(metrics)
             if step % train_cfg.log_every == 0 or step == train_cfg.num_steps:
@@ -227,7 +242,8 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
                         f"checkpoint is kept in {workdir / 'checkpoints'}. Lower train.learning_rate or check the data.")
             if train_cfg.sample_every and step % train_cfg.sample_every == 0:
                 preview = preview or make_preview_fn(graphdef, config, batch)
-                text, mask = _text_of(batch, config, None if encoder is None else encoder[:2])
+                encoder_state = None if encoder is None else (encoder.graphdef, encoder.weights)
+                text, mask = _text_of(batch, config, encoder_state)
                 videos = jax.device_get(preview(state, text, mask, batch["video"], jax.random.key(step)))
                 if jax.process_index() == 0:
                     write_previews(workdir / "samples" / f"step_{step:08d}", videos, PREVIEW_FPS)
