@@ -24,7 +24,9 @@ CORE = [
 
 EXTRAS = {
     # Test-only references; torch is the CPU wheel the machines carry locally.
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.50", "safetensors>=0.4", "scikit-video>=1.1.11"],
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.50", "safetensors>=0.4", "scikit-video>=1.1.11",
+             # tiny random DeepFloyd-IF-shaped U-Nets, the parity references (tests/test_deepfloyd_if.py)
+             "diffusers==0.42.1; python_version>='3.11'"],
     "tfds": ["tensorflow-datasets>=4.9"],
     "seqio": ["seqio>=0.0.19"],
     "tpu-aot": ["libtpu"],

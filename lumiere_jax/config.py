@@ -23,6 +23,16 @@ def model_config() -> ml_collections.ConfigDict:
     m.dtype = "float32"  # compute dtype: float32 or bfloat16 (norms and softmax stay float32)
     m.attention_impl = "xla"  # jax.nn.dot_product_attention implementation: xla, cudnn or auto
     m.remat = "none"  # rematerialisation of each block in the backward pass: none, full or dots
+    # The spatial blocks: imagen (ours) or deepfloyd_if (the released DeepFloyd IF models' blocks, so their
+    # weights load exactly: models/diffusers_if.py). The options below are what IF-I / IF-II need.
+    m.block_set = "imagen"
+    m.res_blocks_per_level = ()  # one res-block count per level (IF-II: (2, 2, 3, 5, 5)); (): num_res_blocks
+    m.emb_dim = 0  # width of the noise/text embedding; 0: 4 x base_channels
+    m.learned_variance = False  # IF: the net also outputs in_channels variance channels (unused by our samplers)
+    m.res_output_scale = 1.0  # res blocks divide their output by this (IF-II: 1 / 0.7071)
+    m.text_pool_heads = 64  # deepfloyd_if: heads of the attention pooling of the T5 tokens
+    m.text_only_attention = False  # deepfloyd_if: attention reads only the text keys/values (IF-II)
+    m.lowres_align_corners = False  # SSR: upsample the low-res input bilinearly with align_corners=True (IF-II)
     m.temporal = ml_collections.ConfigDict()
     m.temporal.enabled = True  # False builds the plain text-to-image U-Net
     m.temporal.downsample_levels = (0, 1, 2)  # spatial downsamplings that also halve time
@@ -43,6 +53,7 @@ def diffusion_config() -> ml_collections.ConfigDict:
     """Noise schedule and parameterisation (Imagen-family choices, see DESIGN.md)."""
     d = ml_collections.ConfigDict()
     d.parameterization = "v"  # v or eps
+    d.schedule = "cosine"  # cosine (below) or ddpm_cosine: DeepFloyd IF's discrete squaredcos_cap_v2 table
     d.logsnr_min = -20.0
     d.logsnr_max = 20.0
     d.shift = 1.0  # resolution shift: logsnr(t) - 2 log(shift); use resolution / 64 to shift
@@ -205,6 +216,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_consecutive_corrupt = 100  # this many unusable records in a row stops training
     c.text = ml_collections.ConfigDict()
     c.text.max_length = 128  # text tokens per caption (EOS included; longer captions are truncated)
+    # lumiere (ours) or deepfloyd_if: lower-cased prompts, 77 tokens all attended, null prompt = T5("")
+    # (lumiere_jax/text/conventions.py); a converted DeepFloyd IF model needs deepfloyd_if.
+    c.text.conventions = "lumiere"
     c.text.encoder = "xxl"  # T5 encoder preset: tiny (tests), small, base, large, xl, xxl
     c.text.variant = "t5_1_1"  # t5_1_1 (one shared relative-position table) or umt5 (one per layer)
     c.text.checkpoint = ""  # HF .safetensors file/directory or t5x checkpoint_<step> directory

@@ -8,7 +8,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import stunet_paper, stunet_tiny
+from configs import if_stunet, stunet_paper, stunet_tiny
 from lumiere_jax.data import schema, shards
 from lumiere_jax.data.pipeline import Source, resolve_sources
 from lumiere_jax.models.report import forward_flops, model_report
@@ -53,6 +53,13 @@ def test_paper_config_reports_without_allocating():
     assert report["temporal_attention_levels"] == [4]
     assert 5e8 < report["parameters"]["total"] < 1e9
     assert report["forward_tflops_per_clip"] > 10
+
+
+def test_if_configs_report_the_released_sizes():
+    """IF-I-XL's U-Net is the released 4.3B parameters; the inflation adds only temporal ones."""
+    report = model_report(if_stunet.get_config("xl"))
+    assert 4.25e9 < report["parameters"]["spatial"] < 4.35e9 and report["parameters"]["conditioning"] == 0
+    assert [lv["frames"] for lv in report["levels"]] == [80, 40, 20, 10]
 
 
 @pytest.mark.parametrize("args, message", [

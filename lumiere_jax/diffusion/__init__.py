@@ -35,7 +35,7 @@ from lumiere_jax.diffusion.samplers import (
     sample,
     sdedit_steps,
 )
-from lumiere_jax.diffusion.schedule import CosineSchedule, alpha_sigma, diffuse, per_example
+from lumiere_jax.diffusion.schedule import CosineSchedule, DDPMCosineSchedule, alpha_sigma, diffuse, per_example
 from lumiere_jax.diffusion.settings import (
     parameterization_from_config,
     sampler_settings_from_config,
@@ -47,6 +47,7 @@ __all__ = [
     "PARAMETERIZATIONS",
     "SAMPLERS",
     "CosineSchedule",
+    "DDPMCosineSchedule",
     "NoisedBatch",
     "SamplerSettings",
     "alpha_sigma",

@@ -1,17 +1,25 @@
-"""Continuous-time cosine log-SNR schedule of the variance-preserving (VP) diffusion process.
+"""The log-SNR schedules of the variance-preserving (VP) diffusion process.
 
 Time t runs from 0 (data) to 1 (noise). The process is z_t = alpha_t x0 + sigma_t eps with
 alpha^2 = sigmoid(logsnr) and sigma^2 = sigmoid(-logsnr), so alpha^2 + sigma^2 = 1 and
 logsnr = log(alpha^2 / sigma^2). Everything downstream (losses, samplers, augmentation) is written
 in terms of logsnr, which is why this module is the only one that knows about t.
+
+Two schedules: the continuous cosine schedule our models train with, and the discrete
+`squaredcos_cap_v2` DDPM table that DeepFloyd IF was trained with (read at fractional steps),
+so a converted IF model is sampled on the noise levels it knows.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+SCHEDULES = ("cosine", "ddpm_cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +70,55 @@ class CosineSchedule:
             angle <= complement, -2.0 * jnp.log(jnp.tan(angle)), 2.0 * jnp.log(jnp.tan(complement))
         )
         return logsnr - 2.0 * math.log(self.shift)
+
+
+@functools.lru_cache(maxsize=None)
+def ddpm_cosine_logsnr(num_timesteps: int = 1000) -> np.ndarray:
+    """log-SNR of DDPM step i = 0..T-1 of the `squaredcos_cap_v2` schedule (Nichol & Dhariwal), float64.
+
+    beta_i = min(1 - f((i+1)/T) / f(i/T), 0.999) with f(s) = cos^2((s + 0.008) / 1.008 * pi/2), and
+    alphabar_i = prod_{j<=i} (1 - beta_j); logsnr = log(alphabar / (1 - alphabar)). The 0.999 cap
+    makes the last step nearly pure noise (logsnr ~ -19.8); step 0 is logsnr ~ +10.1.
+    """
+    f = lambda s: np.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    i = np.arange(num_timesteps, dtype=np.float64)
+    betas = np.minimum(1.0 - f((i + 1) / num_timesteps) / f(i / num_timesteps), 0.999)
+    log_alphabar = np.cumsum(np.log1p(-betas))
+    return log_alphabar - np.log(-np.expm1(log_alphabar))
+
+
+def ddpm_index(logsnr: jax.Array, num_timesteps: int = 1000) -> jax.Array:
+    """The fractional DDPM step of the `squaredcos_cap_v2` table at `logsnr` (clamped to [0, T-1]).
+
+    The inverse of `DDPMCosineSchedule`'s interpolation: exact at the table's own levels, so a
+    model conditioned on DDPM step indices (DeepFloyd IF) sees step k when sampled at table[k].
+    """
+    table = ddpm_cosine_logsnr(num_timesteps)
+    # jnp.interp needs increasing abscissae; logsnr decreases with the step.
+    return jnp.interp(-jnp.asarray(logsnr, jnp.float32), jnp.asarray(-table, jnp.float32),
+                      jnp.arange(num_timesteps, dtype=jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPMCosineSchedule:
+    """The discrete `squaredcos_cap_v2` DDPM schedule (DeepFloyd IF's), read at fractional steps.
+
+    Time t in [0, 1] maps to step t T - 1 (clamped to [0, T-1]), linearly interpolated in log-SNR.
+    A sampler's uniform grid t_k = (N - k) / N then visits steps T (N - k) / N - 1: the
+    "trailing" timestep spacing of diffusers' DDIM/DDPM schedulers (exact when N divides T), and
+    its last step to t = 0 is the x0 prediction (`set_alpha_to_one`).
+    """
+
+    num_timesteps: int = 1000
+
+    def __post_init__(self):
+        if not isinstance(self.num_timesteps, int) or self.num_timesteps < 2:
+            raise ValueError(f"DDPM schedule num_timesteps={self.num_timesteps!r} must be an integer >= 2")
+
+    def logsnr(self, t: jax.Array) -> jax.Array:
+        table = jnp.asarray(ddpm_cosine_logsnr(self.num_timesteps), jnp.float32)
+        step = jnp.clip(jnp.asarray(t, jnp.float32) * self.num_timesteps - 1.0, 0.0, self.num_timesteps - 1.0)
+        return jnp.interp(step, jnp.arange(self.num_timesteps, dtype=jnp.float32), table)
 
 
 def alpha_sigma(logsnr: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from lumiere_jax.diffusion.parameterization import check_parameterization
 from lumiere_jax.diffusion.samplers import SamplerSettings
-from lumiere_jax.diffusion.schedule import CosineSchedule
+from lumiere_jax.diffusion.schedule import SCHEDULES, CosineSchedule, DDPMCosineSchedule
 
 
 def _read(section: Any, section_name: str, key: str) -> Any:
@@ -18,8 +18,15 @@ def _read(section: Any, section_name: str, key: str) -> Any:
     return section[key]
 
 
-def schedule_from_config(diffusion: Any) -> CosineSchedule:
-    """`config.diffusion` (logsnr_min, logsnr_max, shift) -> CosineSchedule."""
+def schedule_from_config(diffusion: Any) -> CosineSchedule | DDPMCosineSchedule:
+    """`config.diffusion` (schedule; logsnr_min, logsnr_max, shift for the cosine one) -> the schedule."""
+    # configs saved before the DDPM table existed have no `schedule` key: they are cosine
+    kind = diffusion.get("schedule", "cosine")
+    if kind not in SCHEDULES:
+        raise ValueError(f"config.diffusion.schedule={kind!r} is not one of {SCHEDULES} (cosine: ours; ddpm_cosine: "
+                         "the discrete squaredcos_cap_v2 table DeepFloyd IF was trained with)")
+    if kind == "ddpm_cosine":
+        return DDPMCosineSchedule()
     return CosineSchedule(
         logsnr_min=_read(diffusion, "diffusion", "logsnr_min"),
         logsnr_max=_read(diffusion, "diffusion", "logsnr_max"),

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lumiere_jax.diffusion.schedule import ddpm_index
 from lumiere_jax.models.attention import attention
 from lumiere_jax.parallel import axes
 from lumiere_jax.parallel.axes import partitioned
@@ -79,31 +80,71 @@ def noise_level_features(logsnr: jax.Array, dim: int) -> jax.Array:
     return sinusoidal_features(t, dim)
 
 
-def sinusoidal_features(t: jax.Array, dim: int) -> jax.Array:
-    """Transformer-style sin/cos features of values t in [0, 1], (N,) -> (N, dim)."""
+def ddpm_step_features(logsnr: jax.Array, dim: int) -> jax.Array:
+    """DeepFloyd IF's noise features: the sinusoid of the (fractional) DDPM step 0..999 of the
+    `squaredcos_cap_v2` table at `logsnr`, cos first, (B,) -> (B, dim)."""
+    return sinusoid(ddpm_index(logsnr), dim, cos_first=True)
+
+
+def sinusoid(values: jax.Array, dim: int, cos_first: bool = False) -> jax.Array:
+    """Transformer-style features: sin and cos of `values` (N,) at dim/2 geometric frequencies 1 .. 1e-4."""
     half = dim // 2
     freqs = jnp.exp(-math.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
-    angles = (1000.0 * t)[:, None] * freqs[None, :]
-    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    angles = jnp.asarray(values, jnp.float32)[:, None] * freqs[None, :]
+    parts = [jnp.cos(angles), jnp.sin(angles)] if cos_first else [jnp.sin(angles), jnp.cos(angles)]
+    return jnp.concatenate(parts, axis=-1)
+
+
+def sinusoidal_features(t: jax.Array, dim: int) -> jax.Array:
+    """Transformer-style sin/cos features of values t in [0, 1], (N,) -> (N, dim)."""
+    return sinusoid(1000.0 * t, dim)
+
+
+NOISE_FEATURES = {"cosine_time": noise_level_features, "ddpm_step": ddpm_step_features}
+
+
+def exact_gelu(x: jax.Array) -> jax.Array:
+    """GELU with the erf (jax's `gelu` defaults to the tanh approximation): DeepFloyd IF's activation."""
+    return jax.nn.gelu(x, approximate=False)
 
 
 class NoiseEmbedding(nnx.Module):
-    """Noise level (and pooled text) -> the embedding that modulates every res block."""
+    """Noise level -> the embedding that modulates every res block: features, dense, act, dense."""
 
-    def __init__(self, channels: int, emb_dim: int, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, channels: int, emb_dim: int, rngs: nnx.Rngs, dtype=jnp.float32, *,
+                 features: str = "cosine_time", act=jax.nn.silu):
         self.channels = channels
+        self.features = NOISE_FEATURES[features]
+        self.act = act
         self.fc1 = dense(channels, emb_dim, rngs, dtype=dtype)
         self.fc2 = dense(emb_dim, emb_dim, rngs, dtype=dtype, in_axis=axes.MLP, out_axis=axes.EMBED)
 
     def __call__(self, logsnr):
-        h = noise_level_features(logsnr, self.channels).astype(self.fc1.dtype)
-        return self.fc2(jax.nn.silu(self.fc1(h)))
+        h = self.features(logsnr, self.channels).astype(self.fc1.dtype)
+        return self.fc2(self.act(self.fc1(h)))
+
+
+def resample(x: jax.Array, kind) -> jax.Array:
+    """Spatial 2x resampling without weights: 'down' = 2x2 average pooling, 'up' = nearest neighbour."""
+    if kind is None:
+        return x
+    n, h, w, c = x.shape
+    if kind == "down":
+        return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
 class ResBlock(nnx.Module):
-    """GroupNorm-SiLU-Conv, scale/shift from the embedding, GroupNorm-SiLU-Conv, plus a skip."""
+    """GroupNorm-act-Conv, scale/shift from the embedding, GroupNorm-act-Conv, plus a skip.
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, rngs: nnx.Rngs, dtype=jnp.float32):
+    `resample` ('down' / 'up') makes it a resampling res block (BigGAN style, DeepFloyd IF's
+    down/upsamplers): after the first norm and activation, both branches are average-pooled or
+    repeated. `output_scale` divides the sum (IF-II: 1/0.7071, keeping the residual stream's variance).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, rngs: nnx.Rngs, dtype=jnp.float32, *,
+                 act=jax.nn.silu, resample=None, output_scale: float = 1.0):
+        self.act, self.resample, self.output_scale = act, resample, output_scale
         self.norm1 = GroupNorm(in_ch, groups, rngs, dtype)
         self.conv1 = conv(in_ch, out_ch, (3, 3), rngs, dtype=dtype)
         self.emb_proj = dense(emb_dim, 2 * out_ch, rngs, dtype=dtype)
@@ -112,11 +153,14 @@ class ResBlock(nnx.Module):
         self.skip = conv(in_ch, out_ch, (1, 1), rngs, dtype=dtype) if in_ch != out_ch else None
 
     def __call__(self, x, emb):
-        h = self.conv1(jax.nn.silu(self.norm1(x)))
-        scale, shift = jnp.split(self.emb_proj(jax.nn.silu(emb))[:, None, None, :], 2, axis=-1)
+        h = self.act(self.norm1(x))
+        h, x = resample(h, self.resample), resample(x, self.resample)
+        h = self.conv1(h)
+        scale, shift = jnp.split(self.emb_proj(self.act(emb))[:, None, None, :], 2, axis=-1)
         h = self.norm2(h) * (1 + scale) + shift
-        h = self.conv2(jax.nn.silu(h))
-        return h + (x if self.skip is None else self.skip(x))
+        h = self.conv2(self.act(h))
+        out = h + (x if self.skip is None else self.skip(x))
+        return out if self.output_scale == 1.0 else out / self.output_scale
 
 
 class SpatialAttention(nnx.Module):
@@ -152,12 +196,17 @@ class SpatialAttention(nnx.Module):
 
 
 class Downsample(nnx.Module):
-    """Spatial 2x downsampling by a stride-2 3x3 convolution."""
+    """Spatial 2x downsampling by a stride-2 3x3 convolution.
+
+    Called like the resampling res blocks that replace it in the deepfloyd_if block set, with the
+    embedding, which a plain convolution does not read.
+    """
 
     def __init__(self, channels: int, rngs: nnx.Rngs, dtype=jnp.float32):
         self.conv = conv(channels, channels, (3, 3), rngs, strides=2, padding=((1, 1), (1, 1)), dtype=dtype)
 
-    def __call__(self, x):
+    def __call__(self, x, emb=None):
+        del emb
         return self.conv(x)
 
 
@@ -167,5 +216,6 @@ class Upsample(nnx.Module):
     def __init__(self, channels: int, rngs: nnx.Rngs, dtype=jnp.float32):
         self.conv = conv(channels, channels, (3, 3), rngs, dtype=dtype)
 
-    def __call__(self, x):
-        return self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+    def __call__(self, x, emb=None):
+        del emb  # the interface of the resampling res blocks (see Downsample)
+        return self.conv(resample(x, "up"))

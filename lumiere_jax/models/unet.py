@@ -12,6 +12,13 @@ with the temporal modules of `lumiere_jax.models.temporal`, as in Lumiere (secti
 
 `image_mode=True` bypasses every temporal module, which makes the network exactly the T2I U-Net
 on every frame (T2I pre-training and joint image-video training).
+
+Two spatial block sets share that skeleton (`model.block_set`): `imagen`, ours (SiLU, conv
+resampling, text joined to the attention keys after a LayerNorm, mean-pooled text), and
+`deepfloyd_if`, the blocks of the released DeepFloyd IF models (exact GELU, res-block resampling,
+added-KV attention with a text GroupNorm per layer, attention-pooled text, DDPM-step noise
+features; models/if_blocks.py), so IF-I and IF-II load exactly (models/diffusers_if.py) and are
+inflated by the same temporal modules.
 """
 from __future__ import annotations
 
@@ -23,8 +30,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lumiere_jax.models.attention import check_implementation
+from lumiere_jax.models.if_blocks import TEXT_NORM_GROUPS, AddedKVAttention, AttentionPooledText
 from lumiere_jax.models.layers import (
-    Downsample, GroupNorm, LayerNorm, NoiseEmbedding, ResBlock, SpatialAttention, Upsample, conv, dense, zeros,
+    Downsample, GroupNorm, LayerNorm, NoiseEmbedding, ResBlock, SpatialAttention, Upsample, conv, dense, exact_gelu,
+    zeros,
 )
 from lumiere_jax.models.temporal import (
     FrameEmbedding, TemporalAttention, TemporalConvBlock, TemporalDownsample, TemporalUpsample,
@@ -34,6 +43,7 @@ from lumiere_jax.parallel.sharding import create_sharded
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Rematerialisation of every block: trade recompute in the backward pass for activation memory.
+BLOCK_SETS = ("imagen", "deepfloyd_if")
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -67,6 +77,14 @@ class UNetConfig:
     temporal_max_relative_distance: int = 32
     temporal_frame_embedding: bool = False
     temporal_conditioned_convs: bool = False
+    block_set: str = "imagen"
+    res_blocks_per_level: Sequence[int] = ()
+    emb_dim: int = 0
+    learned_variance: bool = False
+    res_output_scale: float = 1.0
+    text_pool_heads: int = 64
+    text_only_attention: bool = False
+    lowres_align_corners: bool = False
 
     @classmethod
     def from_config(cls, model) -> "UNetConfig":
@@ -86,6 +104,13 @@ class UNetConfig:
             # exports written before these options existed lack the keys
             temporal_frame_embedding=bool(t.get("frame_embedding", False)),
             temporal_conditioned_convs=bool(t.get("conditioned_convs", False)),
+            block_set=model.get("block_set", "imagen"),
+            res_blocks_per_level=tuple(model.get("res_blocks_per_level", ())),
+            emb_dim=model.get("emb_dim", 0), learned_variance=bool(model.get("learned_variance", False)),
+            res_output_scale=float(model.get("res_output_scale", 1.0)),
+            text_pool_heads=model.get("text_pool_heads", 64),
+            text_only_attention=bool(model.get("text_only_attention", False)),
+            lowres_align_corners=bool(model.get("lowres_align_corners", False)),
         )
 
     def __post_init__(self):
@@ -125,8 +150,51 @@ class UNetConfig:
             problems.append(f"model.patch_size={self.patch_size} must be >= 1")
         if self.num_res_blocks < 1 or self.in_channels < 1 or self.conditioning_channels < 0:
             problems.append("model.num_res_blocks and model.in_channels must be >= 1, conditioning_channels >= 0")
+        if self.res_blocks_per_level and (len(self.res_blocks_per_level) != levels
+                                          or any(n < 1 for n in self.res_blocks_per_level)):
+            problems.append(f"model.res_blocks_per_level={tuple(self.res_blocks_per_level)} needs one count >= 1 per "
+                            f"level ({levels}), or () for model.num_res_blocks everywhere")
+        if self.emb_dim < 0 or not self.res_output_scale > 0:
+            problems.append("model.emb_dim must be >= 0 (0: 4 x base_channels) and model.res_output_scale > 0")
+        problems += self._block_set_problems()
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _block_set_problems(self) -> list[str]:
+        if self.block_set not in BLOCK_SETS:
+            return [f"model.block_set={self.block_set!r} is not one of {BLOCK_SETS}"]
+        if self.block_set == "imagen":
+            return ["model.text_only_attention needs model.block_set='deepfloyd_if'"] if self.text_only_attention else []
+        problems = []
+        if self.num_levels - 1 not in self.attention_levels:
+            problems.append("model.block_set='deepfloyd_if' has attention in the middle block: the coarsest level must "
+                            "be in model.attention_levels")
+        if self.level_channels[-1] % TEXT_NORM_GROUPS:
+            problems.append(f"model.block_set='deepfloyd_if' normalises the projected text in {TEXT_NORM_GROUPS} groups: "
+                            f"the coarsest level's {self.level_channels[-1]} channels must be a multiple")
+        if self.text_pool_heads < 1 or self.text_dim % self.text_pool_heads:
+            problems.append(f"model.text_pool_heads={self.text_pool_heads} must divide model.text_dim={self.text_dim}")
+        return problems
+
+    @property
+    def deepfloyd_if(self) -> bool:
+        return self.block_set == "deepfloyd_if"
+
+    @property
+    def activation(self):
+        return exact_gelu if self.deepfloyd_if else jax.nn.silu
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.emb_dim or 4 * self.base_channels
+
+    @property
+    def out_channels(self) -> int:
+        """What the network outputs: the prediction, then (learned_variance) as many variance channels."""
+        return self.in_channels * (2 if self.learned_variance else 1)
+
+    def res_blocks(self, level: int) -> int:
+        return self.res_blocks_per_level[level] if self.res_blocks_per_level else self.num_res_blocks
 
     @property
     def level_channels(self) -> tuple[int, ...]:
@@ -179,18 +247,41 @@ def unpatchify(x: jax.Array, p: int) -> jax.Array:
     return x.reshape(n, h * p, w * p, c // (p * p))
 
 
+def res_block(cfg: UNetConfig, in_ch: int, out_ch: int, rngs: nnx.Rngs, resample=None) -> ResBlock:
+    return ResBlock(in_ch, out_ch, cfg.embedding_dim, cfg.norm_groups, rngs, DTYPES[cfg.dtype], act=cfg.activation,
+                    resample=resample, output_scale=cfg.res_output_scale)
+
+
+def spatial_attention(cfg: UNetConfig, channels: int, rngs: nnx.Rngs):
+    """The block set's attention over each frame's tokens and the (projected) text tokens."""
+    dt, text_ch = DTYPES[cfg.dtype], cfg.level_channels[-1]
+    if cfg.deepfloyd_if:
+        return AddedKVAttention(channels, text_ch, cfg.head_dim, cfg.norm_groups, rngs, dt, cfg.attention_impl,
+                                self_attention=not cfg.text_only_attention)
+    return SpatialAttention(channels, text_ch, cfg.head_dim, cfg.norm_groups, rngs, dt, cfg.attention_impl)
+
+
+def downsample(cfg: UNetConfig, channels: int, rngs: nnx.Rngs):
+    if cfg.deepfloyd_if:
+        return res_block(cfg, channels, channels, rngs, "down")
+    return Downsample(channels, rngs, DTYPES[cfg.dtype])
+
+
+def upsample(cfg: UNetConfig, channels: int, rngs: nnx.Rngs):
+    if cfg.deepfloyd_if:
+        return res_block(cfg, channels, channels, rngs, "up")
+    return Upsample(channels, rngs, DTYPES[cfg.dtype])
+
+
 class Level(nnx.Module):
     """The spatial blocks of one resolution level, each followed by its temporal conv block if any."""
 
     def __init__(self, cfg: UNetConfig, in_chs: Sequence[int], out_ch: int, attend: bool, temporal: bool,
-                 emb_dim: int, text_ch: int, rngs: nnx.Rngs):
+                 rngs: nnx.Rngs):
         dt = DTYPES[cfg.dtype]
-        self.blocks = nnx.List([ResBlock(c, out_ch, emb_dim, cfg.norm_groups, rngs, dt) for c in in_chs])
-        self.attns = nnx.List([
-            SpatialAttention(out_ch, text_ch, cfg.head_dim, cfg.norm_groups, rngs, dt, cfg.attention_impl)
-            for _ in in_chs
-        ]) if attend else None
-        conv_emb = emb_dim if cfg.temporal_conditioned_convs else None
+        self.blocks = nnx.List([res_block(cfg, c, out_ch, rngs) for c in in_chs])
+        self.attns = nnx.List([spatial_attention(cfg, out_ch, rngs) for _ in in_chs]) if attend else None
+        conv_emb = cfg.embedding_dim if cfg.temporal_conditioned_convs else None
         self.temporal_convs = nnx.List([
             TemporalConvBlock(out_ch, cfg.temporal_conv_kernel, cfg.norm_groups, rngs, dt, conv_emb) for _ in in_chs
         ]) if temporal else None
@@ -203,15 +294,23 @@ class UNet(nnx.Module):
         self.cfg = cfg
         dt = DTYPES[cfg.dtype]
         chs, levels = cfg.level_channels, cfg.num_levels
-        emb_dim, text_ch = 4 * cfg.base_channels, chs[-1]
+        emb_dim, text_ch = cfg.embedding_dim, chs[-1]
         temporal_level = lambda lv: cfg.temporal and lv < levels - 1  # noqa: E731
 
-        self.noise_embedding = NoiseEmbedding(cfg.base_channels, emb_dim, rngs, dt)
-        # SSR: the noise level of the conditioning augmentation applied to the low-resolution input.
-        self.aug_embedding = NoiseEmbedding(cfg.base_channels, emb_dim, rngs, dt) if cfg.aug_conditioning else None
-        self.text_norm = LayerNorm(cfg.text_dim, rngs, dt)
+        features = "ddpm_step" if cfg.deepfloyd_if else "cosine_time"
+        noise_embedding = lambda: NoiseEmbedding(cfg.base_channels, emb_dim, rngs, dt, features=features,  # noqa: E731
+                                                 act=cfg.activation)
+        self.noise_embedding = noise_embedding()
+        # SSR: the noise level of the conditioning augmentation applied to the low-resolution input
+        # (IF-II's "class embedding" of its noise_level).
+        self.aug_embedding = noise_embedding() if cfg.aug_conditioning else None
+        if cfg.deepfloyd_if:  # no norm before the projection; the pooled text comes from the raw tokens
+            self.text_norm = None
+            self.text_pool = AttentionPooledText(cfg.text_dim, emb_dim, cfg.text_pool_heads, rngs, dt)
+        else:
+            self.text_norm = LayerNorm(cfg.text_dim, rngs, dt)
+            self.text_pool = dense(text_ch, emb_dim, rngs, dtype=dt, in_axis=axes.MLP, out_axis=axes.EMBED)
         self.text_proj = dense(cfg.text_dim, text_ch, rngs, dtype=dt)
-        self.text_pool = dense(text_ch, emb_dim, rngs, dtype=dt, in_axis=axes.MLP, out_axis=axes.EMBED)
         # Video channels are few (3, 4): never shard them.
         p2 = cfg.patch_size**2
         self.input_conv = conv(cfg.in_channels * p2, cfg.base_channels, (3, 3), rngs, dtype=dt, in_axis=None)
@@ -221,34 +320,31 @@ class UNet(nnx.Module):
         skips, ch = [cfg.base_channels], cfg.base_channels
         down = []
         for lv in range(levels):
-            in_chs = [ch] + [chs[lv]] * (cfg.num_res_blocks - 1)
-            down.append(Level(cfg, in_chs, chs[lv], lv in cfg.attention_levels, temporal_level(lv), emb_dim,
-                              text_ch, rngs))
+            in_chs = [ch] + [chs[lv]] * (cfg.res_blocks(lv) - 1)
+            down.append(Level(cfg, in_chs, chs[lv], lv in cfg.attention_levels, temporal_level(lv), rngs))
             ch = chs[lv]
-            skips += [ch] * cfg.num_res_blocks
+            skips += [ch] * cfg.res_blocks(lv)
             if lv < levels - 1:
                 skips.append(ch)
         self.down = nnx.List(down)
-        self.downsamples = nnx.List([Downsample(chs[lv], rngs, dt) for lv in range(levels - 1)])
+        self.downsamples = nnx.List([downsample(cfg, chs[lv], rngs) for lv in range(levels - 1)])
 
-        self.mid_block1 = ResBlock(ch, ch, emb_dim, cfg.norm_groups, rngs, dt)
-        self.mid_attn = SpatialAttention(ch, text_ch, cfg.head_dim, cfg.norm_groups, rngs, dt, cfg.attention_impl) \
-            if (levels - 1) in cfg.attention_levels else None
-        self.mid_block2 = ResBlock(ch, ch, emb_dim, cfg.norm_groups, rngs, dt)
+        self.mid_block1 = res_block(cfg, ch, ch, rngs)
+        self.mid_attn = spatial_attention(cfg, ch, rngs) if (levels - 1) in cfg.attention_levels else None
+        self.mid_block2 = res_block(cfg, ch, ch, rngs)
 
         up = []
         for lv in reversed(range(levels)):
             in_chs = []
-            for _ in range(cfg.num_res_blocks + 1):
+            for _ in range(cfg.res_blocks(lv) + 1):
                 in_chs.append(ch + skips.pop())
                 ch = chs[lv]
-            up.append(Level(cfg, in_chs, chs[lv], lv in cfg.attention_levels, temporal_level(lv), emb_dim,
-                            text_ch, rngs))
+            up.append(Level(cfg, in_chs, chs[lv], lv in cfg.attention_levels, temporal_level(lv), rngs))
         self.up = nnx.List(up[::-1])  # indexed by level, like `down`
-        self.upsamples = nnx.List([Upsample(chs[lv + 1], rngs, dt) for lv in range(levels - 1)])
+        self.upsamples = nnx.List([upsample(cfg, chs[lv + 1], rngs) for lv in range(levels - 1)])
 
         self.out_norm = GroupNorm(ch, cfg.norm_groups, rngs, dt)
-        self.out_conv = conv(ch, cfg.in_channels * p2, (3, 3), rngs, dtype=dt, kernel_init=zeros, out_axis=None)
+        self.out_conv = conv(ch, cfg.out_channels * p2, (3, 3), rngs, dtype=dt, kernel_init=zeros, out_axis=None)
 
         if cfg.temporal:
             t_levels = cfg.temporal_downsample_levels
@@ -320,7 +416,8 @@ class UNet(nnx.Module):
         `text` (B, L, text_dim) and `text_mask` (B, L) are the frozen text-encoder token embeddings;
         None means the null prompt. With `model.conditioning_channels` set, the last channels of `x`
         are the conditioning video (and mask); with `model.aug_conditioning`, `aug_logsnr` (B,) is the
-        noise level of the augmentation applied to that conditioning (SSR). Returns (B, T, H, W, in_channels).
+        noise level of the augmentation applied to that conditioning (SSR). Returns (B, T, H, W,
+        model.out_channels): the prediction, then with `learned_variance` IF's variance channels.
         """
         cfg = self.cfg
         dt = DTYPES[cfg.dtype]
@@ -331,10 +428,12 @@ class UNet(nnx.Module):
         self._check_inputs(x, logsnr, text, text_mask, image_mode, aug_logsnr)
         temporal = cfg.temporal and not image_mode
 
-        text_tokens = self.text_proj(self.text_norm(text.astype(dt)))
+        text = text.astype(dt)
+        text_tokens = self.text_proj(text if self.text_norm is None else self.text_norm(text))
         keep = text_mask.astype(dt)[..., None]
         pooled = (text_tokens * keep).sum(1) / jnp.maximum(keep.sum(1), 1.0)
-        emb = self.noise_embedding(logsnr) + self.text_pool(pooled)
+        text_emb = self.text_pool(text, text_mask) if cfg.deepfloyd_if else self.text_pool(pooled)
+        emb = self.noise_embedding(logsnr) + text_emb
         if self.aug_embedding is not None:
             emb = emb + self.aug_embedding(aug_logsnr)
 
@@ -358,7 +457,7 @@ class UNet(nnx.Module):
         for lv, level in enumerate(self.down):
             h = self._level(level, h, *conditioning(frames), skips, b, temporal, pop=False)
             if lv < cfg.num_levels - 1:
-                h = self.downsamples[lv](h)
+                h = self._run(self.downsamples[lv], h, conditioning(frames)[0])
                 if temporal and lv in cfg.temporal_downsample_levels:
                     h, frames = self._temporal(self.temporal_downsamples[str(lv)], h, b)
                 skips.append(h)
@@ -375,11 +474,11 @@ class UNet(nnx.Module):
         for lv in reversed(range(cfg.num_levels)):
             h = self._level(self.up[lv], h, *conditioning(frames), skips, b, temporal, pop=True)
             if lv > 0:
-                h = self.upsamples[lv - 1](h)
+                h = self._run(self.upsamples[lv - 1], h, conditioning(frames)[0])
                 if temporal and (lv - 1) in cfg.temporal_downsample_levels:
                     h, frames = self._temporal(self.temporal_upsamples[str(lv - 1)], h, b)
 
-        out = unpatchify(self.out_conv(jax.nn.silu(self.out_norm(h))), cfg.patch_size)
+        out = unpatchify(self.out_conv(cfg.activation(self.out_norm(h))), cfg.patch_size)
         return out.reshape(b, -1, *out.shape[1:]).astype(jnp.float32)
 
 

@@ -2,6 +2,8 @@
 
 An export is an Orbax checkpoint directory holding the model's parameters (the EMA for the
 trained ones) as a nested dict, next to `config.json` with the config that built the model.
+`load_weights` also reads a diffusers DeepFloyd IF U-Net (models/diffusers_if.py), the start of
+an IF-based Lumiere.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
 from lumiere_jax.models import param_groups
+from lumiere_jax.models.diffusers_if import is_diffusers_unet, load_diffusers_unet
 
 
 def save_weights(path: pathlib.Path, params: nnx.State, config_dict: dict) -> None:
@@ -49,9 +52,12 @@ def load_weights(path: pathlib.Path, model: nnx.Module) -> str:
     STUNet's spatial part only (the inflation path); an export of a model without conditioning
     channels fills everything but the zero-initialised conditioning input (a text-to-video
     STUNet starting the conditional tasks' fine-tuning, which then computes exactly what it did).
-    Returns 'full', 'spatial' or 'unconditional'.
+    A diffusers DeepFloyd IF U-Net directory fills the spatial part (and IF-II's low-res input)
+    through `diffusers_if.load_diffusers_unet`. Returns 'full', 'spatial' or 'unconditional'.
     """
     path = pathlib.Path(path).absolute()
+    if is_diffusers_unet(path):
+        return load_diffusers_unet(path, model)
     if not (path / "params").is_dir():
         raise FileNotFoundError(f"no exported weights at {path} (expected {path / 'params'}); "
                                 f"write them with --mode=export")

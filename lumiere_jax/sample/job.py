@@ -35,6 +35,7 @@ from lumiere_jax.sample.generate import generate, paste_known
 from lumiere_jax.sample.masks import KNOWN_CHANNELS, known_input
 from lumiere_jax.sample.tasks import build_known, check_task, load_inputs, load_requests
 from lumiere_jax.sample.video_io import contact_sheet, enlarge, to_uint8, write_gif, write_mp4, write_png
+from lumiere_jax.text.conventions import conventions, encodes_null_prompt, prepare_prompts, unet_mask
 
 
 TASK_METHODS = ("model", "replacement")
@@ -73,9 +74,16 @@ class Stage:
         return model
 
 
-def check_stages(base: Stage, ssr: Optional[Stage]) -> None:
+def check_stages(base: Stage, ssr: Optional[Stage], text) -> None:
+    """The stages fit each other and were trained with the text conventions `text` (config.text) encodes with."""
     if base.config.ssr.enabled:
         raise ValueError(f"sample.base_checkpoint {base.path} is an SSR model, not a base STUNet")
+    for stage in (base, ssr) if ssr is not None else (base,):
+        trained = stage.config.text.get("conventions", "lumiere")
+        if trained != conventions(text):
+            raise ValueError(f"sample.{stage.name}_checkpoint {stage.path} was trained with text.conventions={trained!r} "
+                             f"but this run encodes prompts with {conventions(text)!r}: set config.text.conventions="
+                             f"{trained!r}")
     if ssr is None:
         return
     if not ssr.config.ssr.enabled:
@@ -103,9 +111,10 @@ def text_embeddings(config, prompts: list[str], text_dim: int, mesh, rules) -> t
         from lumiere_jax.text.encoder import load_text_encoder, load_tokenizer, make_encode_fn
 
         encoder = load_text_encoder(config.text, mesh, rules)
-        tokens = load_tokenizer(config.text, encoder.config.vocab_size)(prompts)
+        tokens = load_tokenizer(config.text, encoder.config.vocab_size)(prepare_prompts(prompts, config.text))
         emb = np.asarray(make_encode_fn(encoder, mesh, rules)(tokens.tokens, tokens.mask), np.float32)
         mask = np.asarray(tokens.mask, bool)
+    mask = unet_mask(mask, config.text)
     if emb.shape[-1] != text_dim:
         raise ValueError(f"text embeddings are {emb.shape[-1]} wide but the models expect {text_dim}")
     return emb, mask
@@ -113,18 +122,25 @@ def text_embeddings(config, prompts: list[str], text_dim: int, mesh, rules) -> t
 
 def prompt_conditioning(config, requests, text_dim: int, mesh, rules) -> tuple[np.ndarray, np.ndarray, Optional[dict]]:
     """The prompts' embeddings and masks, and the negative prompts' as {"text", "mask"} (zero rows
-    where a request has none, the null text), or None when no request has one."""
-    negatives = sorted({r.negative_prompt for r in requests if r.negative_prompt})
+    where a request has none, the null text), or None when no request has one.
+
+    Under IF's text conventions the null text is the encoded empty prompt, so every request
+    without a negative prompt gets T5("") as its unconditional branch.
+    """
+    null = "" if encodes_null_prompt(config.text) else None
+    negative_of = lambda r: r.negative_prompt or null  # noqa: E731
+    negatives = sorted({negative_of(r) for r in requests} - {None})
     if negatives and config.sample.prompt_embeddings:
-        raise ValueError("negative prompts are encoded with config.text's T5, but sample.prompt_embeddings is set: "
-                         "leave it empty, or drop sample.negative_prompt / the requests' negative_prompt")
+        raise ValueError("negative prompts (and, under config.text.conventions='deepfloyd_if', the null prompt '') are "
+                         "encoded with config.text's T5, but sample.prompt_embeddings is set: leave it empty, or drop "
+                         "sample.negative_prompt / the requests' negative_prompt")
     prompts = [r.prompt for r in requests]
     emb, mask = text_embeddings(config, prompts + negatives, text_dim, mesh, rules)
     if not negatives:
         return emb, mask, None
     rows = {text: len(prompts) + i for i, text in enumerate(negatives)}
-    keep = np.array([r.negative_prompt in rows for r in requests])
-    index = np.array([rows.get(r.negative_prompt, 0) for r in requests])
+    keep = np.array([negative_of(r) in rows for r in requests])
+    index = np.array([rows.get(negative_of(r), 0) for r in requests])
     negative = {"text": np.where(keep[:, None, None], emb[index], 0.0).astype(emb.dtype),
                 "mask": np.where(keep[:, None], mask[index], False)}
     return emb[:len(prompts)], mask[:len(prompts)], negative
@@ -185,7 +201,7 @@ def sample(config, workdir) -> dict:
         raise ValueError("sample.base_checkpoint is required (an export directory of the base STUNet)")
     base = Stage("base", s.base_checkpoint)
     ssr = Stage("ssr", s.ssr_checkpoint) if s.ssr_checkpoint else None
-    check_stages(base, ssr)
+    check_stages(base, ssr, config.text)
     replacement = check_task_method(s, base)
     train_frames = base.config.data.num_frames
     frames = s.num_frames or train_frames
@@ -236,7 +252,8 @@ def sample(config, workdir) -> dict:
         high_size = ssr.config.data.hires_resolution
         runner = StageRunner(ssr.build(mesh, rules), config, frames, high_size, ssr.config.ssr.window,
                              ssr.config.ssr.overlap, mesh, rules, aug=ssr.config.ssr.sample_aug_logsnr)
-        lowres_all = np.asarray(upsample(jnp.asarray(videos), high_size))
+        lowres_all = np.asarray(upsample(jnp.asarray(videos), high_size,
+                                              ssr.config.model.get("lowres_align_corners", False)))
         high = np.zeros((len(prompts), frames, high_size, high_size, 3), np.float32)
         ssr_keys = jax.vmap(lambda k: jax.random.fold_in(k, 7))(keys)
         for rows in tqdm(batches, desc="ssr", disable=jax.process_index() != 0):

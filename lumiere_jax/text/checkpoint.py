@@ -158,7 +158,7 @@ def _normalize(index: tuple, shape: tuple[int, ...]) -> Index:
     return tuple(out)
 
 
-def _place(source: Source, target: jax.ShapeDtypeStruct, sharding) -> jax.Array:
+def place(source: Source, target: jax.ShapeDtypeStruct, sharding) -> jax.Array:
     """Reads `source` into an array of `target`'s dtype, shard by shard when `sharding` is given.
 
     Replicas of the same shard (mesh axes the parameter is not split over) share one read.
@@ -214,7 +214,7 @@ def load_encoder(
                 f"encoder expects {target.shape}; check the encoder size and variant"
             )
         sharding = shardings[path].get_value() if shardings is not None else None
-        leaves.append((path, variable.replace(value=_place(source, target, sharding))))
+        leaves.append((path, variable.replace(value=place(source, target, sharding))))
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 

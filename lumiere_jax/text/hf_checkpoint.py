@@ -112,14 +112,16 @@ def _inside(directory: str, name: str) -> str:
     return path
 
 
-def read_safetensors(path: str) -> dict[str, LazyArray]:
-    """Tensors of a .safetensors file, or of a directory holding `model.safetensors` or a sharded
-    checkpoint (`model.safetensors.index.json` + its shard files)."""
+def read_safetensors(path: str, single: str = SINGLE_FILE, index_name: str = INDEX_FILE,
+                     what: str = "Hugging Face checkpoint (config.text.checkpoint)") -> dict[str, LazyArray]:
+    """Tensors of a .safetensors file, or of a directory holding `single` or a sharded checkpoint
+    (`index_name` + its shard files). transformers names them model.safetensors[.index.json];
+    diffusers, diffusion_pytorch_model.safetensors[.index.json]."""
     if not os.path.exists(path):
-        raise CheckpointError(f"Hugging Face checkpoint {path} does not exist; set config.text.checkpoint")
+        raise CheckpointError(f"{what} {path} does not exist")
     if not os.path.isdir(path):
         return read_safetensors_file(path)
-    index = os.path.join(path, INDEX_FILE)
+    index = os.path.join(path, index_name)
     if os.path.exists(index):
         with open(index) as f:
             weight_map = json.load(f).get("weight_map")
@@ -129,10 +131,10 @@ def read_safetensors(path: str) -> dict[str, LazyArray]:
         for shard in sorted(set(weight_map.values())):
             files.update(read_safetensors_file(_inside(path, shard)))
         return files
-    single = os.path.join(path, SINGLE_FILE)
-    if os.path.exists(single):
-        return read_safetensors_file(single)
-    raise CheckpointError(f"{path} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
+    single_path = os.path.join(path, single)
+    if os.path.exists(single_path):
+        return read_safetensors_file(single_path)
+    raise CheckpointError(f"{path} holds neither {single} nor {index_name}")
 
 
 def hf_sources(tensors: dict[str, LazyArray], config: T5Config, where: str) -> dict:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from lumiere_jax.parallel import batch_shard_count, logical_axis_rules, mesh_from_config, state_shardings
 from lumiere_jax.parallel.platforms import describe_absent_tpu_host
 from lumiere_jax.text.checkpoint import abstract_encoder, count_parameters
+from lumiere_jax.text.conventions import encodes_null_prompt
 from lumiere_jax.text.encoder import encoder_config
 from lumiere_jax.train.metrics import peak_tflops
 from lumiere_jax.train.optimizer import learning_rate_schedule
@@ -116,7 +117,9 @@ def train_program(config, mesh, rules, batch_size: int) -> TrainProgram:
     """
     train_state = nnx.eval_shape(lambda: build_train_state(config, None, rules))
     graphdef, state = nnx.split(train_state)
-    step = make_train_step(graphdef, config, learning_rate_schedule(config.train))
+    # IF conventions: the encoded empty prompt is a constant of the step; its value does not change the program
+    null_text = jnp.zeros((config.text.max_length, config.model.text_dim)) if encodes_null_prompt(config.text) else None
+    step = make_train_step(graphdef, config, learning_rate_schedule(config.train), null_text=null_text)
     encoder = None
     if config.text.encode_in_step:  # the frozen encoder runs in the step: its weights and FLOPs count
         encoder_graphdef, weights = nnx.split(abstract_encoder(encoder_config(config.text)))

@@ -18,6 +18,7 @@ from lumiere_jax import diffusion
 from lumiere_jax.models.conditioning import call_model, upsample
 from lumiere_jax.sample.masks import KNOWN_CHANNELS
 from lumiere_jax.text.conditioning import text_conditioning
+from lumiere_jax.text.conventions import encodes_null_prompt, null_conditioning, unet_mask
 from lumiere_jax.text.encoder import check_encoder_width
 from lumiere_jax.train.mask_mix import draw_conditions, mix_probabilities
 from lumiere_jax.train.state import TrainState
@@ -65,10 +66,13 @@ def _split_microbatches(batch: dict, n: int) -> dict:
     return jax.tree.map(lambda a: a.reshape(n, size // n, *a.shape[1:]), batch)
 
 
-def make_train_step(graphdef: nnx.GraphDef, config, schedule_fn: optax.Schedule, image_mode: bool = False) -> Callable:
+def make_train_step(graphdef: nnx.GraphDef, config, schedule_fn: optax.Schedule, image_mode: bool = False,
+                    null_text: Optional[jax.Array] = None) -> Callable:
     """Returns step(state, batch, encoder_state) -> (state, metrics), pure and jittable.
 
     `image_mode` compiles the step for batches of images (every temporal module bypassed).
+    `null_text` (L, D) is the encoded empty prompt that text dropout substitutes under
+    `config.text.conventions='deepfloyd_if'` (`text.conventions.encode_null_prompt`); None: no tokens.
     `encoder_state` is the frozen text encoder's (graphdef, state) when `config.text.encode_in_step`,
     else None; it is an argument rather than a closure so its weights are not baked in as constants.
     """
@@ -80,6 +84,9 @@ def make_train_step(graphdef: nnx.GraphDef, config, schedule_fn: optax.Schedule,
     if train.microbatches < 1:
         raise ValueError(f"train.microbatches={train.microbatches} must be >= 1")
     conditional = check_conditioning_channels(config)
+    if encodes_null_prompt(config.text) != (null_text is not None):
+        raise ValueError(f"config.text.conventions={config.text.conventions!r}: the null prompt is "
+                         + ("T5(''), pass it as null_text" if null_text is None else "no tokens, pass null_text=None"))
     if config.text.encode_in_step:
         check_encoder_width(config.text, config.model.text_dim)
 
@@ -87,12 +94,12 @@ def make_train_step(graphdef: nnx.GraphDef, config, schedule_fn: optax.Schedule,
         model = nnx.merge(model_graphdef, params, rest)
         text, mask = text_conditioning(batch, config.text, encoder)
         drop_rng, loss_rng, aug_rng, mask_rng = jax.random.split(rng, 4)
-        cond = {"text": text, "mask": mask}
-        cond = diffusion.drop_conditioning(drop_rng, cond, diffusion.null_text_conditioning(cond), train.text_dropout)
+        cond = {"text": text, "mask": unet_mask(mask, config.text)}
+        cond = diffusion.drop_conditioning(drop_rng, cond, null_conditioning(cond, null_text), train.text_dropout)
         x0 = batch["video"]
         if config.ssr.enabled:  # (low-res, high-res) pairs made on the fly, low-res noise-augmented
             x0 = batch["video_hires"]
-            lowres = upsample(batch["video"], x0.shape[2])
+            lowres = upsample(batch["video"], x0.shape[2], config.model.lowres_align_corners)
             aug_range = (config.ssr.aug_logsnr_min, config.ssr.aug_logsnr_max)
             cond["lowres"], cond["aug"] = diffusion.random_noise_augment(aug_rng, lowres, aug_range)
         elif conditional:  # Lumiere's conditional tasks: a random known-pixel mask per example

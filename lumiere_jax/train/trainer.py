@@ -25,6 +25,7 @@ from lumiere_jax.models import param_groups
 from lumiere_jax.models.unet import UNet, UNetConfig
 from lumiere_jax.models.weights import load_weights, save_weights
 from lumiere_jax.parallel import batch_sharding, create_sharded, logical_axis_rules, mesh_from_config, state_shardings
+from lumiere_jax.text.conventions import encode_null_prompt, encodes_null_prompt, null_conditioning, unet_mask
 from lumiere_jax.train.checkpointing import Checkpointer
 from lumiere_jax.train.metrics import MetricWriter, peak_tflops, summarize
 from lumiere_jax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -126,8 +127,9 @@ def compile_step(step_fn, state, shardings, batch, mesh, rules, encoder: Optiona
     return compiled, info
 
 
-def make_preview_fn(graphdef, config, batch):
-    """jit(state, text, mask, lowres, rng) -> EMA-model samples shaped like the first rows of the target."""
+def make_preview_fn(graphdef, config, batch, null_text=None):
+    """jit(state, text, mask, lowres, rng) -> EMA-model samples shaped like the first rows of the target
+    (`null_text`: the encoded empty prompt as guidance's unconditional branch, IF conventions)."""
     from lumiere_jax.models.conditioning import upsample
     from lumiere_jax.sample.generate import generate
 
@@ -137,13 +139,14 @@ def make_preview_fn(graphdef, config, batch):
 
     def preview(state, text, mask, lowres, rng):
         model = nnx.merge(graphdef, state).ema_model()
-        cond = {"text": text[:n], "mask": mask[:n]}
+        cond = {"text": text[:n], "mask": unet_mask(mask[:n], config.text)}
+        negative = None if null_text is None else null_conditioning(cond, null_text)
         if config.ssr.enabled:
-            cond["lowres"] = upsample(lowres[:n], shape[2])
+            cond["lowres"] = upsample(lowres[:n], shape[2], config.model.lowres_align_corners)
             cond["aug"] = jnp.full((n,), config.ssr.sample_aug_logsnr, jnp.float32)
         noise_rng, rng = jax.random.split(rng)
         noise = jax.random.normal(noise_rng, shape, jnp.float32)
-        return generate(model, cond, noise, rng, config, num_steps=config.train.sample_steps)
+        return generate(model, cond, noise, rng, config, num_steps=config.train.sample_steps, negative=negative)
 
     return jax.jit(preview)
 
@@ -203,9 +206,13 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
         encoder = FrozenEncoder(encoder_graphdef, weights, state_shardings(weights, mesh, rules))
         del module
     encoder_args = () if encoder is None else (encoder.weights,)  # the compiled step's third argument
+    null_text = None  # IF's null prompt, T5(""), for text dropout and the previews' guidance
+    if encodes_null_prompt(config.text):
+        null_text = encode_null_prompt(config.text, mesh, rules,
+                                       None if encoder is None else nnx.merge(encoder.graphdef, encoder.weights))
 
     def step_fn(image_mode: bool):
-        return make_train_step(graphdef, config, learning_rate_schedule(train_cfg), image_mode)
+        return make_train_step(graphdef, config, learning_rate_schedule(train_cfg), image_mode, null_text)
 
     writer = MetricWriter(workdir / "tensorboard")
     preemption = Preemption()
@@ -241,7 +248,7 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
                         f"(> train.max_nonfinite_steps={train_cfg.max_nonfinite_steps}); the last good "
                         f"checkpoint is kept in {workdir / 'checkpoints'}. Lower train.learning_rate or check the data.")
             if train_cfg.sample_every and step % train_cfg.sample_every == 0:
-                preview = preview or make_preview_fn(graphdef, config, batch)
+                preview = preview or make_preview_fn(graphdef, config, batch, null_text)
                 encoder_state = None if encoder is None else (encoder.graphdef, encoder.weights)
                 text, mask = _text_of(batch, config, encoder_state)
                 videos = jax.device_get(preview(state, text, mask, batch["video"], jax.random.key(step)))
