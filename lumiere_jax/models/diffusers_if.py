@@ -36,13 +36,12 @@ import json
 import math
 import pathlib
 
-import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
 from lumiere_jax.models import param_groups
 from lumiere_jax.text.checkpoint import (
-    CheckpointError, Index, LazyArray, LayerOf, Source, Transposed, mapped, path_name, place,
+    CheckpointError, LazyArray, LayerOf, Sliced, Source, Transposed, mapped, path_name, place,
 )
 from lumiere_jax.text.hf_checkpoint import read_safetensors
 
@@ -164,23 +163,6 @@ def check_model_config(dcfg: dict, cfg, where: str) -> None:
              if (have[key] != value if not isinstance(value, float) else not math.isclose(have[key], value))]
     if wrong:
         raise CheckpointError(f"{where} is a DeepFloyd IF U-Net of another shape: " + "; ".join(wrong))
-
-
-class Sliced(LazyArray):
-    """Entries [start, stop) of axis `axis` of `base`: IF-II's conv_in split into the noisy-image and
-    low-res input convs."""
-
-    def __init__(self, base: LazyArray, axis: int, start: int, stop: int):
-        if not 0 <= start < stop <= base.shape[axis]:
-            raise ValueError(f"axis {axis} of shape {base.shape} has no entries [{start}, {stop})")
-        self.base, self.axis, self.start = base, axis, start
-        self.shape = base.shape[:axis] + (stop - start,) + base.shape[axis + 1:]
-        self.dtype = base.dtype
-
-    def read(self, index: Index) -> np.ndarray:
-        own = index[self.axis]
-        shifted = slice(own.start + self.start, own.stop + self.start)
-        return self.base.read(index[: self.axis] + (shifted,) + index[self.axis + 1:])
 
 
 def diffusers_name(path: tuple, levels: int) -> str:

@@ -109,6 +109,23 @@ class LayerOf(LazyArray):
         return self.base.read(index[: self.axis] + (picked,) + index[self.axis :]).squeeze(self.axis)
 
 
+class Sliced(LazyArray):
+    """Entries [start, stop) of axis `axis` of `base` (DeepFloyd IF-II's conv_in split into the
+    noisy-image and low-res input convs)."""
+
+    def __init__(self, base: LazyArray, axis: int, start: int, stop: int):
+        if not 0 <= start < stop <= base.shape[axis]:
+            raise ValueError(f"axis {axis} of shape {base.shape} has no entries [{start}, {stop})")
+        self.base, self.axis, self.start = base, axis, start
+        self.shape = base.shape[:axis] + (stop - start,) + base.shape[axis + 1:]
+        self.dtype = base.dtype
+
+    def read(self, index: Index) -> np.ndarray:
+        own = index[self.axis]
+        shifted = slice(own.start + self.start, own.stop + self.start)
+        return self.base.read(index[: self.axis] + (shifted,) + index[self.axis + 1:])
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
     """Where one parameter comes from: the checkpoint tensor's name and its view in our layout."""
