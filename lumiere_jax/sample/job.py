@@ -131,9 +131,10 @@ def prompt_conditioning(config, requests, text_dim: int, mesh, rules) -> tuple[n
     negative_of = lambda r: r.negative_prompt or null  # noqa: E731
     negatives = sorted({negative_of(r) for r in requests} - {None})
     if negatives and config.sample.prompt_embeddings:
-        raise ValueError("negative prompts (and, under config.text.conventions='deepfloyd_if', the null prompt '') are "
-                         "encoded with config.text's T5, but sample.prompt_embeddings is set: leave it empty, or drop "
-                         "sample.negative_prompt / the requests' negative_prompt")
+        what = ("the null prompt '' (config.text.conventions='deepfloyd_if') is" if negatives == [""]
+                else "negative prompts are")
+        raise ValueError(f"{what} encoded with config.text's T5, but sample.prompt_embeddings is set: leave it "
+                         "empty, or drop sample.negative_prompt / the requests' negative_prompt")
     prompts = [r.prompt for r in requests]
     emb, mask = text_embeddings(config, prompts + negatives, text_dim, mesh, rules)
     if not negatives:
