@@ -8,7 +8,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import if_stunet, stunet_paper, stunet_tiny
+from configs import if_ssr, if_stunet, stunet_paper, stunet_tiny
 from lumiere_jax.data import schema, shards
 from lumiere_jax.data.pipeline import Source, resolve_sources
 from lumiere_jax.models.report import forward_flops, model_report
@@ -56,10 +56,14 @@ def test_paper_config_reports_without_allocating():
 
 
 def test_if_configs_report_the_released_sizes():
-    """IF-I-XL's U-Net is the released 4.3B parameters; the inflation adds only temporal ones."""
+    """IF-I-XL and IF-II-L keep their released sizes (4.3B, 1.2B); the inflation adds only temporal ones."""
     report = model_report(if_stunet.get_config("xl"))
     assert 4.25e9 < report["parameters"]["spatial"] < 4.35e9 and report["parameters"]["conditioning"] == 0
     assert [lv["frames"] for lv in report["levels"]] == [80, 40, 20, 10]
+    ssr = model_report(if_ssr.get_config("l"))  # IF-II-L is the released 1.2B; the SSR keeps its 16 frames
+    assert 1.15e9 < ssr["parameters"]["spatial"] < 1.25e9 and ssr["parameters"]["temporal"] > 0
+    assert ssr["input"]["resolution"] == 256 and ssr["input"]["channels"] == 6
+    assert {lv["frames"] for lv in ssr["levels"]} == {16} and ssr["forward_tflops_per_clip"] > 0
 
 
 @pytest.mark.parametrize("args, message", [

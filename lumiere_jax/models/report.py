@@ -54,7 +54,9 @@ def forward_flops(model: UNet, batch: int, frames: int, resolution: int, text_le
     mask = jax.ShapeDtypeStruct((batch, text_len), jnp.bool_)
 
     def forward(state, x, logsnr, text, mask):
-        return nnx.merge(graphdef, state)(x, logsnr, text, mask)
+        # An SSR model also takes the noise level of its low-resolution input's augmentation.
+        aug = logsnr if cfg.aug_conditioning else None
+        return nnx.merge(graphdef, state)(x, logsnr, text, mask, aug_logsnr=aug)
 
     cost = jax.jit(forward).lower(state, x, logsnr, text, mask).cost_analysis()
     return float(cost["flops"])
