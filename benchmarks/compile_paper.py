@@ -28,8 +28,8 @@ flags.DEFINE_string("out", "compile_reports", "Directory for the JSON reports.")
 FLAGS = flags.FLAGS
 
 HEADER = ("| topology | chips | mesh (data, fsdp, tensor) | batch (per chip) | arguments | temporaries | total / HBM "
-          "per chip (GiB) | fits | TFLOP per step | step at 100% MFU | compile |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+          "per chip (GiB) | fits | TFLOP per step | step at 100% MFU | step, compiler's estimate (MFU) | compile |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def table_row(r: dict) -> str:
@@ -37,11 +37,12 @@ def table_row(r: dict) -> str:
     batch = f"{r['global_batch']} ({r['batch_per_chip']:g})"
     if "memory_per_device_gib" not in r:
         return (f"| {r['topology']} | {r['chips']} | {mesh} | {batch} | - | - | - / {r['hbm_gib_per_device']:g} | "
-                f"no: {r['compile_error']} | - | - | - |")
-    m = r["memory_per_device_gib"]
+                f"no: {r['compile_error']} | - | - | - | - |")
+    m, e = r["memory_per_device_gib"], r["compiler_estimate"]
+    estimate = f"{e['step_seconds']:.3f} s ({e['mfu']:.0%})" if e else "-"
     return (f"| {r['topology']} | {r['chips']} | {mesh} | {batch} | {m['arguments']:.1f} | {m['temporaries']:.1f} | "
             f"{m['total']:.1f} / {r['hbm_gib_per_device']:g} | {'yes' if r['fits'] else 'no'} | "
-            f"{r['flops_per_step'] / 1e12:.0f} | {r['step_seconds_at_peak']:.2f} s | {r['compile_seconds']:.0f} s |")
+            f"{r['flops_per_step'] / 1e12:.0f} | {r['step_seconds_at_peak']:.2f} s | {estimate} | {r['compile_seconds']:.0f} s |")
 
 
 def main(argv):

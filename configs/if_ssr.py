@@ -41,6 +41,7 @@ def get_config(arg=None):
     c.diffusion.parameterization = "eps"
     c.diffusion.schedule = "ddpm_cosine"
     c.sample.threshold_percentile = 95.0
+    c.sample.threshold_max = 1.0  # IF's sample_max_value
     m = c.model
     m.block_set = "deepfloyd_if"
     m.conditioning_channels = 3

@@ -13,7 +13,7 @@ config.json (`diffusers_if.model_config_from_diffusers`).
   the coarsest level, time halved at the first three downsamplings (80 -> 40 -> 20 -> 10 frames),
   temporal attention at 8x8;
 - IF's text conventions: 77 lower-cased tokens, all attended, null prompt = T5(""); sampling as
-  the IF pipeline: dynamic thresholding at the 95th percentile.
+  the IF pipeline: dynamic thresholding at the 95th percentile, the scale capped at 1.5.
 
 Usage: --config=configs/if_stunet.py[:xl|UNET_DIR] --config.train.init_from=IF-I-XL-v1.0/unet
 """
@@ -32,6 +32,7 @@ def get_config(arg=None):
     c.diffusion.parameterization = "eps"
     c.diffusion.schedule = "ddpm_cosine"
     c.sample.threshold_percentile = 95.0
+    c.sample.threshold_max = 1.5  # IF's sample_max_value
     m = c.model
     m.block_set = "deepfloyd_if"
     m.base_channels = 704

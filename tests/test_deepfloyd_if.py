@@ -154,30 +154,37 @@ def test_weights_load_into_the_mesh_sharding_and_temporal_ones_keep_their_init(s
     assert kernel.sharding.spec[0] == "fsdp" and len(kernel.addressable_shards[0].data) == kernel.shape[0] // 4
 
 
-def test_ddim_matches_the_diffusers_scheduler_loop(stage_i):
-    """Four deterministic DDIM steps (trailing spacing, eps, x0 at the end) from the same noise."""
+@pytest.mark.parametrize("cap", [0.0, 1.5])
+def test_ddim_matches_the_diffusers_scheduler_loop(stage_i, cap):
+    """Four deterministic DDIM steps (trailing spacing, eps, x0 at the end) from the same noise;
+    with `cap`, IF's dynamic thresholding (95th percentile, sample_max_value 1.5) on both sides,
+    eps re-derived from the thresholded x0 (diffusers' use_clipped_model_output, as ours does)."""
     from diffusers import DDIMScheduler
 
     steps, rng = 4, np.random.default_rng(3)
     noise = rng.standard_normal((2, 16, 16, 3)).astype(np.float32)
     text = rng.standard_normal((2, TEXT_LEN, TEXT_DIM)).astype(np.float32)
     scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing", set_alpha_to_one=True,
-                              clip_sample=False, prediction_type="epsilon")
+                              clip_sample=False, prediction_type="epsilon", thresholding=cap > 0,
+                              dynamic_thresholding_ratio=0.95, sample_max_value=cap or 1.0)
     scheduler.set_timesteps(steps)
     assert list(scheduler.timesteps) == [999, 749, 499, 249]
     sample = torch.from_numpy(noise.transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
         for t in scheduler.timesteps:
             eps = stage_i.unet(sample, t, torch.from_numpy(text)).sample[:, :3]
-            sample = scheduler.step(eps, t, sample, eta=0.0).prev_sample
+            sample = scheduler.step(eps, t, sample, eta=0.0, use_clipped_model_output=cap > 0).prev_sample
     reference = sample.numpy().transpose(0, 2, 3, 1)
 
     cond = {"text": jnp.asarray(text), "mask": jnp.ones((2, TEXT_LEN), bool)}
     predict = lambda z, logsnr: call_model(stage_i.model, z, logsnr, cond, image_mode=True)  # noqa: E731
     with jax.default_matmul_precision("highest"):
         ours = nnx.jit(lambda z: ddim_sample(predict, z, None, DDPMCosineSchedule(), num_steps=steps,
-                                              parameterization="eps"))(jnp.asarray(noise)[:, None])
+                                              parameterization="eps", threshold_percentile=95.0 if cap else 0.0,
+                                              threshold_max=cap))(jnp.asarray(noise)[:, None])
     assert_close(np.asarray(ours)[:, 0], reference)
+    if cap:  # the cap bound: every value within [-1, 1] after dividing by s <= 1.5
+        assert np.abs(reference).max() <= 1.0 + 1e-6 and np.abs(reference).max() > 0.5
 
 
 def test_align_corners_upsampling_matches_torch():

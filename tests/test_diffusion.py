@@ -143,6 +143,19 @@ def test_dynamic_threshold_matches_numpy_formula(shape, percentile):
     assert np.abs(out).max() <= 1.0
 
 
+def test_dynamic_threshold_cap_limits_the_scale():
+    """IF's sample_max_value: s = clip(percentile, 1, cap); a cap of 1 is static clipping."""
+    x = jnp.asarray(np.linspace(-4.0, 4.0, 64, dtype=np.float32).reshape(2, 32))
+    np.testing.assert_allclose(np.asarray(diffusion.dynamic_threshold(x, 99.0, 1.0)), np.clip(np.asarray(x), -1, 1))
+    capped = np.asarray(diffusion.dynamic_threshold(x, 99.0, 1.5))
+    np.testing.assert_allclose(capped, np.clip(np.asarray(x), -1.5, 1.5) / 1.5, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(diffusion.dynamic_threshold(x, 99.0, 8.0)),
+                               np_dynamic_threshold(np.asarray(x), 99.0), rtol=1e-6)  # the cap above s: no effect
+    for bad in (0.5, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="threshold_max"):
+            diffusion.dynamic_threshold(x, 99.0, bad)
+
+
 def test_dynamic_threshold_zero_percentile_disables_and_bad_values_raise():
     x = 3.0 * jnp.ones((2, 4))
     assert diffusion.dynamic_threshold(x, 0.0) is x
@@ -382,6 +395,7 @@ def test_config_defaults_build():
         ("sample", "num_steps", 0, r"sample.num_steps=0 must be an integer >= 1"),
         ("sample", "threshold_percentile", 100.5, r"sample.threshold_percentile=100.5.*\[0, 100\]"),
         ("sample", "threshold_percentile", -1.0, r"sample.threshold_percentile=-1.0.*\[0, 100\]"),
+        ("sample", "threshold_max", 0.5, r"sample.threshold_max=0.5 must be 0 \(no cap\) or a number >= 1"),
         ("sample", "ddim_eta", 1.5, r"sample.ddim_eta=1.5.*\[0, 1\]"),
         ("sample", "guidance_scale", -1.0, r"sample.guidance_scale=-1.0.*>= 0"),
         ("diffusion", "parameterization", "x0", r"diffusion.parameterization='x0'.*\('v', 'eps'\)"),

@@ -51,7 +51,7 @@ def test_prompts_to_base_to_ssr_files(exports, tmp_path):
     assert saved["settings"]["num_frames"] == 12 and "ssr_seconds" in saved["timings"]
 
 
-def test_batching_does_not_change_a_prompt(exports, tmp_path):
+def test_batching_and_the_run_diffusion_section_do_not_change_a_prompt(exports, tmp_path):
     base, _ = exports
     config = sample_config(tmp_path, base, None)
     # The batch replicated (1 batch shard), so batch_size 1 really samples the prompts one by one.
@@ -59,6 +59,9 @@ def test_batching_does_not_change_a_prompt(exports, tmp_path):
     config.sample.batch_size = 1
     one = sample(config, tmp_path / "a")
     config.sample.batch_size = 8
+    # ... and the run's diffusion section does not matter either: each model samples on the schedule
+    # and parameterization it was trained with (its export's).
+    config.diffusion.update(shift=16.0, parameterization="eps")
     other = sample(config, tmp_path / "b")
     for x, y in zip(one["samples"], other["samples"]):
         np.testing.assert_array_equal(np.load(x["npz"])["frames"], np.load(y["npz"])["frames"])

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from lumiere_jax.diffusion.parameterization import check_parameterization, eps_from_x0, output_to_x0_eps
 from lumiere_jax.diffusion.schedule import CosineSchedule, alpha_sigma, diffuse
-from lumiere_jax.diffusion.thresholding import check_percentile, dynamic_threshold
+from lumiere_jax.diffusion.thresholding import check_max_value, check_percentile, dynamic_threshold
 
 SAMPLERS = ("ddpm", "ddim")
 
@@ -92,6 +92,7 @@ class SamplerSettings:
     ddim_eta: float
     guidance_scale: float
     threshold_percentile: float
+    threshold_max: float = 0.0  # caps the thresholding's s (0: no cap; DeepFloyd IF: 1.5 / 1.0)
 
     def __post_init__(self):
         check_sampler(self.sampler)
@@ -99,6 +100,7 @@ class SamplerSettings:
         check_eta(self.ddim_eta)
         check_guidance_scale(self.guidance_scale)
         check_percentile(self.threshold_percentile)
+        check_max_value(self.threshold_max)
 
 
 def _posterior_fraction(logsnr_t: jax.Array, logsnr_s: jax.Array) -> jax.Array:
@@ -135,7 +137,8 @@ def ddim_step(eta: float) -> Step:
 
 
 def denoise(
-    predict: Predict, z: jax.Array, logsnr: jax.Array, parameterization: str, threshold_percentile: float
+    predict: Predict, z: jax.Array, logsnr: jax.Array, parameterization: str, threshold_percentile: float,
+    threshold_max: float = 0.0,
 ) -> tuple[jax.Array, jax.Array]:
     """(x0, eps) predicted at (z, scalar logsnr), x0 dynamically thresholded and eps re-derived from it."""
     alpha, sigma = alpha_sigma(logsnr)
@@ -144,7 +147,7 @@ def denoise(
         raise ValueError(f"predict returned shape {output.shape}; it must match the sample shape {z.shape}")
     x0, eps = output_to_x0_eps(output, z, alpha, sigma, parameterization)
     if threshold_percentile > 0:
-        x0 = dynamic_threshold(x0, threshold_percentile)
+        x0 = dynamic_threshold(x0, threshold_percentile, threshold_max)
         eps = eps_from_x0(z, x0, alpha, sigma)
     return x0, eps
 
@@ -171,6 +174,7 @@ def _run(
     num_steps: int,
     parameterization: str,
     threshold_percentile: float,
+    threshold_max: float,
     t_start: float,
     known: Optional[Known] = None,
 ) -> jax.Array:
@@ -180,7 +184,7 @@ def _run(
         raise ValueError("this sampler draws noise (DDPM, DDIM with eta > 0, or replacement of known pixels): "
                          "pass a jax.random key as rng")
     check_parameterization(parameterization)
-    threshold_percentile = check_percentile(threshold_percentile)
+    threshold_percentile, threshold_max = check_percentile(threshold_percentile), check_max_value(threshold_max)
     t_start = check_t_start(t_start)
 
     def body(k, z):
@@ -189,7 +193,7 @@ def _run(
         logsnr_t, logsnr_s = schedule.logsnr(t), schedule.logsnr(s)
         if known is not None:
             z = replace_known(z, known, logsnr_t, jax.random.fold_in(jax.random.fold_in(rng, k), 1))
-        x0, eps = denoise(predict, z, logsnr_t, parameterization, threshold_percentile)
+        x0, eps = denoise(predict, z, logsnr_t, parameterization, threshold_percentile, threshold_max)
         z_s = step(z, x0, eps, logsnr_t, logsnr_s, None if rng is None else jax.random.fold_in(rng, k))
         return jnp.where(k == num_steps - 1, x0, z_s)
 
@@ -205,6 +209,7 @@ def ddpm_sample(
     num_steps: int,
     parameterization: str,
     threshold_percentile: float = 0.0,
+    threshold_max: float = 0.0,
     t_start: float = 1.0,
     known: Optional[Known] = None,
 ) -> jax.Array:
@@ -215,8 +220,8 @@ def ddpm_sample(
     pixels in before every model call (`replace_known`).
     """
     return _run(
-        ddpm_step, True, predict, noise, rng, schedule, num_steps, parameterization, threshold_percentile, t_start,
-        known,
+        ddpm_step, True, predict, noise, rng, schedule, num_steps, parameterization, threshold_percentile,
+        threshold_max, t_start, known,
     )
 
 
@@ -230,6 +235,7 @@ def ddim_sample(
     parameterization: str,
     eta: float = 0.0,
     threshold_percentile: float = 0.0,
+    threshold_max: float = 0.0,
     t_start: float = 1.0,
     known: Optional[Known] = None,
 ) -> jax.Array:
@@ -237,7 +243,7 @@ def ddim_sample(
     (None is fine otherwise)."""
     return _run(
         ddim_step(eta), eta > 0, predict, noise, rng, schedule, num_steps, parameterization, threshold_percentile,
-        t_start, known,
+        threshold_max, t_start, known,
     )
 
 
@@ -257,6 +263,7 @@ def sample(
         num_steps=settings.num_steps,
         parameterization=parameterization,
         threshold_percentile=settings.threshold_percentile,
+        threshold_max=settings.threshold_max,
         t_start=t_start,
         known=known,
     )

@@ -40,6 +40,7 @@ def parameterization_from_config(diffusion: Any) -> str:
 
 
 def sampler_settings_from_config(sample: Any) -> SamplerSettings:
-    """`config.sample` (sampler, num_steps, ddim_eta, guidance_scale, threshold_percentile) -> SamplerSettings."""
-    keys = ("sampler", "num_steps", "ddim_eta", "guidance_scale", "threshold_percentile")
+    """`config.sample` (sampler, num_steps, ddim_eta, guidance_scale, threshold_percentile, threshold_max)
+    -> SamplerSettings."""
+    keys = ("sampler", "num_steps", "ddim_eta", "guidance_scale", "threshold_percentile", "threshold_max")
     return SamplerSettings(**{key: _read(sample, "sample", key) for key in keys})

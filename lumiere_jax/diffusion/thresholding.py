@@ -22,17 +22,31 @@ def check_percentile(percentile: float) -> float:
     return float(percentile)
 
 
-def dynamic_threshold(x0: jax.Array, percentile: float) -> jax.Array:
-    """s = max(percentile of |x0| per sample, 1); returns clip(x0, -s, s) / s.
+def check_max_value(max_value: float) -> float:
+    """Returns `max_value` if it is 0 (no cap) or a finite number >= 1, else raises."""
+    if (not isinstance(max_value, (int, float)) or isinstance(max_value, bool) or not math.isfinite(max_value)
+            or not (max_value == 0.0 or max_value >= 1.0)):
+        raise ValueError(f"sample.threshold_max={max_value!r} must be 0 (no cap) or a number >= 1 "
+                         "(DeepFloyd IF samples with 1.5 in stage I and 1.0 in stage II)")
+    return float(max_value)
+
+
+def dynamic_threshold(x0: jax.Array, percentile: float, max_value: float = 0.0) -> jax.Array:
+    """s = max(percentile of |x0| per sample, 1), capped at `max_value` when that is > 0; returns
+    clip(x0, -s, s) / s.
 
     High guidance scales push x0 predictions far outside the data range [-1, 1]; static clipping
     then saturates pixels, while dividing by s pulls the whole sample back in proportionally.
-    Samples already within [-1, 1] get s = 1 and come back bit-for-bit unchanged. `percentile`
-    is a Python number (0 returns x0 untouched, decided at trace time).
+    Samples already within [-1, 1] get s = 1 and come back bit-for-bit unchanged. The cap is
+    DeepFloyd IF's `sample_max_value` (1.0 makes it static clipping). Both are Python numbers
+    (percentile 0 returns x0 untouched, decided at trace time).
     """
+    max_value = check_max_value(max_value)
     if check_percentile(percentile) == 0.0:
         return x0
     s = jnp.maximum(_upper_percentile(jnp.abs(x0).reshape(x0.shape[0], -1), percentile), 1.0)
+    if max_value > 0:
+        s = jnp.minimum(s, max_value)
     s = s.reshape((-1,) + (1,) * (x0.ndim - 1)).astype(x0.dtype)
     return jnp.clip(x0, -s, s) / s
 

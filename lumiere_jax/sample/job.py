@@ -68,6 +68,14 @@ class Stage:
         self.config = ml_collections.ConfigDict(json.loads((self.path / "config.json").read_text()))
         self.model_config = UNetConfig.from_config(self.config.model)
 
+    def sampling_config(self, config) -> ml_collections.ConfigDict:
+        """The run's config with this model's own `diffusion` (schedule and parameterization are fixed
+        by its training: an SSR trained on a shifted schedule samples on it behind any base); the
+        sampler settings (steps, guidance, thresholding) stay the run's."""
+        stage = ml_collections.ConfigDict(config.to_dict())
+        stage.diffusion = ml_collections.ConfigDict(self.config.diffusion.to_dict())
+        return stage
+
     def build(self, mesh, rules) -> UNet:
         model = create_sharded(lambda: UNet(self.model_config, rngs=nnx.Rngs(0)), mesh, rules)
         load_weights(self.path, model)
@@ -239,7 +247,7 @@ def sample(config, workdir) -> dict:
     start = time.perf_counter()
     model = base.build(mesh, rules)
     style = interpolate_spatial(model, s.style_checkpoint, s.style_alpha) if s.style_checkpoint else None
-    base_runner = StageRunner(model, config, frames, size, train_frames, s.window_overlap, mesh, rules,
+    base_runner = StageRunner(model, base.sampling_config(config), frames, size, train_frames, s.window_overlap, mesh, rules,
                               image_mode=s.image_mode, replacement=replacement)
     videos = np.zeros((len(prompts), frames, size, size, 3), np.float32)
     for rows in tqdm(batches, desc="base", disable=jax.process_index() != 0):
@@ -251,7 +259,7 @@ def sample(config, workdir) -> dict:
     if ssr is not None:
         start = time.perf_counter()
         high_size = ssr.config.data.hires_resolution
-        runner = StageRunner(ssr.build(mesh, rules), config, frames, high_size, ssr.config.ssr.window,
+        runner = StageRunner(ssr.build(mesh, rules), ssr.sampling_config(config), frames, high_size, ssr.config.ssr.window,
                              ssr.config.ssr.overlap, mesh, rules, aug=ssr.config.ssr.sample_aug_logsnr)
         lowres_all = np.asarray(upsample(jnp.asarray(videos), high_size,
                                               ssr.config.model.get("lowres_align_corners", False)))
@@ -273,7 +281,7 @@ def sample(config, workdir) -> dict:
     report = {
         "samples": records,
         "settings": {"sampler": s.sampler, "num_steps": s.num_steps, "guidance_scale": s.guidance_scale,
-                     "threshold_percentile": s.threshold_percentile, "seed": s.seed, "num_frames": frames,
+                     "threshold_percentile": s.threshold_percentile, "threshold_max": s.threshold_max, "seed": s.seed, "num_frames": frames,
                      "base_checkpoint": str(base.path), "ssr_checkpoint": str(ssr.path) if ssr else None,
                      "fps": s.fps, "image_mode": s.image_mode, "task": s.task,
                      "task_method": s.task_method if s.task not in UNKNOWN_TASKS else None,

@@ -177,7 +177,19 @@ def compile_for_batch(config, tpu: Slice, mesh, rules, batch_size: int) -> dict:
             "memory_per_device_gib": memory, "hbm_headroom_gib": round(tpu.hbm_gib_per_device - memory["total"], 3),
             "flops_per_device": flops, "flops_per_step": flops * len(tpu.devices),
             "tflops_per_clip": _significant(flops * len(tpu.devices) / batch_size / 1e12),
-            "step_seconds_at_peak": _significant(flops / (peak * 1e12)) if peak else None}
+            "step_seconds_at_peak": _significant(flops / (peak * 1e12)) if peak else None,
+            "compiler_estimate": compiler_estimate(info, peak)}
+
+
+def compiler_estimate(info: dict, peak: Optional[float]) -> Optional[dict]:
+    """The step time the TPU compiler's cost analysis predicts (`optimal_seconds`) and the MFU it
+    implies. Every operation at its roofline with perfect overlap: optimistic by construction, a
+    floor on the step time, never a measurement."""
+    seconds = info.get("optimal_seconds")
+    if not seconds or not peak:
+        return None
+    return {"step_seconds": _significant(seconds), "mfu": _significant(info["flops_per_device"] / (seconds * peak * 1e12)),
+            "source": "TPU compiler cost analysis (optimal_seconds): an estimate, not a measurement"}
 
 
 def largest_fitting(fits: Callable[[int], bool], limit: int, guess: int = 1) -> int:

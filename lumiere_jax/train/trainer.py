@@ -119,6 +119,8 @@ def compile_step(step_fn, state, shardings, batch, mesh, rules, encoder: Optiona
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}
     info = {"compile_seconds": round(seconds, 2), "flops_per_device": float(cost.get("flops", 0.0))}
+    if cost.get("optimal_seconds", 0.0) > 0:  # the TPU compiler's own run-time estimate (not on CPU)
+        info["optimal_seconds"] = float(cost["optimal_seconds"])
     if memory is not None:
         for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
                       "generated_code_size_in_bytes"):
