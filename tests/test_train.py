@@ -220,3 +220,24 @@ def test_rematerialised_train_step_matches_the_plain_one():
         results.append((float(metrics["loss"]), float(metrics["grad_norm"])))
     assert results[0][1] > 0
     np.testing.assert_allclose(results[1], results[0], rtol=1e-5)
+
+
+def test_saving_a_replicated_state_compiles_nothing(tmp_path):
+    """A checkpoint of arrays replicated over the 8 devices is written by one replica (no
+    replica-parallel slicing, whose every slice is a small uncached compile: ~30 s per save here)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from lumiere_jax.models.weights import save_weights
+
+    replicated = NamedSharding(parallel.make_mesh({"data": -1}), PartitionSpec())
+    params = nnx.State({f"w{i}": jax.device_put(np.full((8 * (i + 1), 16), i, np.float32), replicated)
+                        for i in range(6)})
+    compiles = []
+    listener = lambda event, seconds, **kw: compiles.append(event)  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        save_weights(tmp_path / "export", params, {})
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert [e for e in compiles if e == "/jax/core/compile/backend_compile_duration"] == []
+    assert (tmp_path / "export" / "params").is_dir()

@@ -17,6 +17,15 @@ from flax import nnx, traverse_util
 from lumiere_jax.models import param_groups
 from lumiere_jax.models.diffusers_if import is_diffusers_unet, load_diffusers_unet
 
+# Orbax writes a replicated array "replica-parallel" by default: each replica saves a slice of it,
+# and every slice is a small compiled program (hundreds per save of a small model: ~30 s of
+# compiles, never cached). Below this size per slice one replica writes the whole array; big
+# arrays on a pod still share the work.
+MIN_BYTES_PER_REPLICA_SLICE = 16 * 2**20
+ocp.type_handlers.register_type_handler(
+    jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_BYTES_PER_REPLICA_SLICE),
+    override=True)
+
 
 def save_weights(path: pathlib.Path, params: nnx.State, config_dict: dict) -> None:
     path = pathlib.Path(path).absolute()

@@ -16,6 +16,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from lumiere_jax.models import weights  # noqa: F401  (registers the Orbax array handler both formats use)
+
 
 class IteratorState:
     """Adapts any iterator with JSON-able get_state()/set_state() to grain's Orbax handler.
