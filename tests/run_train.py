@@ -7,7 +7,9 @@ import os
 import sys
 
 if len(sys.argv) > 4:  # multi-process: this process's own device count, not the test session's
-    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+    flags = os.environ.pop("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "").strip()
+    if flags:  # XLA reads a value that is not a flag as a file name
+        os.environ["XLA_FLAGS"] = flags
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 

@@ -8,6 +8,7 @@ an IF-based Lumiere.
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 
 import jax
@@ -17,14 +18,33 @@ from flax import nnx, traverse_util
 from lumiere_jax.models import param_groups
 from lumiere_jax.models.diffusers_if import is_diffusers_unet, load_diffusers_unet
 
-# Orbax writes a replicated array "replica-parallel" by default: each replica saves a slice of it,
-# and every slice is a small compiled program (hundreds per save of a small model: ~30 s of
-# compiles, never cached). Below this size per slice one replica writes the whole array; big
-# arrays on a pod still share the work.
 MIN_BYTES_PER_REPLICA_SLICE = 16 * 2**20
-ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_BYTES_PER_REPLICA_SLICE),
-    override=True)
+
+
+def register_array_handler() -> None:
+    """Orbax's jax.Array handler for every checkpoint we write (exports and train states).
+
+    Orbax writes a replicated array "replica-parallel" by default: each replica saves a slice of
+    it, and every slice is a small compiled program (hundreds per save of a small model: ~30 s of
+    compiles, never cached). Below MIN_BYTES_PER_REPLICA_SLICE per slice one replica writes the
+    whole array; big arrays on a pod still share the work.
+    """
+    global _array_handler_registered
+    if _array_handler_registered:
+        return
+    handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_BYTES_PER_REPLICA_SLICE)
+    absl_logger = logging.getLogger("absl")  # Orbax warns that it replaces its default: that is the point
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    finally:
+        absl_logger.setLevel(level)
+    _array_handler_registered = True
+
+
+_array_handler_registered = False
+register_array_handler()
 
 
 def save_weights(path: pathlib.Path, params: nnx.State, config_dict: dict) -> None:

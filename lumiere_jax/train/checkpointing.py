@@ -16,7 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from lumiere_jax.models import weights  # noqa: F401  (registers the Orbax array handler both formats use)
+from lumiere_jax.models.weights import register_array_handler
 
 
 class IteratorState:
@@ -49,6 +49,7 @@ class Checkpointer:
             enable_async_checkpointing=True,
             create=True,
         )
+        register_array_handler()  # the exports' handler, for train states too (registered once)
         self.manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
         self.config_dict = config_dict
 
