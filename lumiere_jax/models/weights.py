@@ -22,7 +22,8 @@ MIN_BYTES_PER_REPLICA_SLICE = 16 * 2**20
 
 
 def register_array_handler() -> None:
-    """Orbax's jax.Array handler for every checkpoint we write (exports and train states).
+    """Orbax's jax.Array handler for every checkpoint we write (exports and train states), set
+    before the first write (once per process).
 
     Orbax writes a replicated array "replica-parallel" by default: each replica saves a slice of
     it, and every slice is a small compiled program (hundreds per save of a small model: ~30 s of
@@ -44,12 +45,12 @@ def register_array_handler() -> None:
 
 
 _array_handler_registered = False
-register_array_handler()
 
 
 def save_weights(path: pathlib.Path, params: nnx.State, config_dict: dict) -> None:
     path = pathlib.Path(path).absolute()
     path.mkdir(parents=True, exist_ok=True)
+    register_array_handler()
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(path / "params", nnx.to_pure_dict(params), force=True)
     (path / "config.json").write_text(json.dumps(config_dict, indent=2))

@@ -247,8 +247,8 @@ def sample(config, workdir) -> dict:
     start = time.perf_counter()
     model = base.build(mesh, rules)
     style = interpolate_spatial(model, s.style_checkpoint, s.style_alpha) if s.style_checkpoint else None
-    base_runner = StageRunner(model, base.sampling_config(config), frames, size, train_frames, s.window_overlap, mesh, rules,
-                              image_mode=s.image_mode, replacement=replacement)
+    base_runner = StageRunner(model, base.sampling_config(config), frames, size, train_frames, s.window_overlap,
+                              mesh, rules, image_mode=s.image_mode, replacement=replacement)
     videos = np.zeros((len(prompts), frames, size, size, 3), np.float32)
     for rows in tqdm(batches, desc="base", disable=jax.process_index() != 0):
         out = base_runner(padded(rows, emb), padded(rows, mask), padded(rows, negative), None, padded(rows, known),
@@ -259,8 +259,9 @@ def sample(config, workdir) -> dict:
     if ssr is not None:
         start = time.perf_counter()
         high_size = ssr.config.data.hires_resolution
-        runner = StageRunner(ssr.build(mesh, rules), ssr.sampling_config(config), frames, high_size, ssr.config.ssr.window,
-                             ssr.config.ssr.overlap, mesh, rules, aug=ssr.config.ssr.sample_aug_logsnr)
+        runner = StageRunner(ssr.build(mesh, rules), ssr.sampling_config(config), frames, high_size,
+                             ssr.config.ssr.window, ssr.config.ssr.overlap, mesh, rules,
+                             aug=ssr.config.ssr.sample_aug_logsnr)
         lowres_all = np.asarray(upsample(jnp.asarray(videos), high_size,
                                               ssr.config.model.get("lowres_align_corners", False)))
         high = np.zeros((len(prompts), frames, high_size, high_size, 3), np.float32)
@@ -281,7 +282,8 @@ def sample(config, workdir) -> dict:
     report = {
         "samples": records,
         "settings": {"sampler": s.sampler, "num_steps": s.num_steps, "guidance_scale": s.guidance_scale,
-                     "threshold_percentile": s.threshold_percentile, "threshold_max": s.threshold_max, "seed": s.seed, "num_frames": frames,
+                     "threshold_percentile": s.threshold_percentile, "threshold_max": s.threshold_max,
+                     "seed": s.seed, "num_frames": frames,
                      "base_checkpoint": str(base.path), "ssr_checkpoint": str(ssr.path) if ssr else None,
                      "fps": s.fps, "image_mode": s.image_mode, "task": s.task,
                      "task_method": s.task_method if s.task not in UNKNOWN_TASKS else None,

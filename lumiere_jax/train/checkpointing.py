@@ -49,7 +49,7 @@ class Checkpointer:
             enable_async_checkpointing=True,
             create=True,
         )
-        register_array_handler()  # the exports' handler, for train states too (registered once)
+        register_array_handler()
         self.manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
         self.config_dict = config_dict
 
