@@ -62,7 +62,7 @@ def diffusion_config() -> ml_collections.ConfigDict:
 
 def sample_config() -> ml_collections.ConfigDict:
     s = ml_collections.ConfigDict()
-    s.sampler = "ddpm"  # ddpm (ancestral) or ddim
+    s.sampler = "ddpm"  # ddpm (ancestral), ddim, or dpmpp_2m (DPM-Solver++(2M): deterministic, second order)
     s.num_steps = 64
     s.ddim_eta = 0.0
     s.guidance_scale = 8.0  # 0: unconditional, 1: conditional, >1: classifier-free guidance

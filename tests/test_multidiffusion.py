@@ -63,12 +63,13 @@ def sample_with(predict, noise, rng, steps=32, sampler="ddpm"):
     return diffusion.sample(predict, noise, rng, diffusion.CosineSchedule(), settings, parameterization="v")
 
 
-def test_framewise_model_samples_the_same_with_and_without_windows():
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp_2m"])
+def test_framewise_model_samples_the_same_with_and_without_windows(sampler):
     noise = jax.random.normal(jax.random.key(1), (3, 12, 4, 4, 1))
     predict = framewise_denoiser()
-    whole = sample_with(predict, noise, jax.random.key(2))
+    whole = sample_with(predict, noise, jax.random.key(2), sampler=sampler)
     windowed = multidiffusion(lambda z, l, f, e: predict(z, l), 12, 4, 2)
-    stitched = sample_with(lambda z, l: windowed(z, l, {}, {}), noise, jax.random.key(2))
+    stitched = sample_with(lambda z, l: windowed(z, l, {}, {}), noise, jax.random.key(2), sampler=sampler)
     np.testing.assert_allclose(stitched, whole, atol=1e-5)
 
 
@@ -87,7 +88,8 @@ def smooth_prior_denoiser(window, length_scale=3.0):
     return predict
 
 
-def test_independent_windows_leave_seams_that_multidiffusion_removes():
+@pytest.mark.parametrize("sampler, steps", [("ddpm", 64), ("dpmpp_2m", 16)])
+def test_independent_windows_leave_seams_that_multidiffusion_removes(sampler, steps):
     frames, window, overlap, pixels = 22, 8, 2, 256
     starts = window_starts(frames, window, overlap)
     predict = smooth_prior_denoiser(window)
@@ -95,12 +97,12 @@ def test_independent_windows_leave_seams_that_multidiffusion_removes():
     rng = jax.random.key(4)
 
     md = multidiffusion(lambda z, l, f, e: predict(z, l), frames, window, overlap)
-    joint = sample_with(lambda z, l: md(z, l, {}, {}), noise, rng, steps=64)[0]
+    joint = sample_with(lambda z, l: md(z, l, {}, {}), noise, rng, steps=steps, sampler=sampler)[0]
 
     # Independent windows: each sampled alone; each frame is taken from the last window covering it.
     separate = np.zeros((frames, pixels))
     for i, s in enumerate(starts):
-        clip = sample_with(predict, noise[:, s:s + window], jax.random.fold_in(rng, i), steps=64)[0]
+        clip = sample_with(predict, noise[:, s:s + window], jax.random.fold_in(rng, i), steps=steps, sampler=sampler)[0]
         separate[s:s + window] = clip
 
     boundaries = {s - 1 for s in starts[1:]}  # frame pairs (b, b+1) where the source window changes

@@ -26,10 +26,12 @@ from lumiere_jax.diffusion.parameterization import (
     x0_from_v,
 )
 from lumiere_jax.diffusion.samplers import (
+    MIN_STEPS,
     SAMPLERS,
     SamplerSettings,
     ddim_sample,
     ddpm_sample,
+    dpmpp_2m_sample,
     denoise,
     replace_known,
     sample,
@@ -44,6 +46,7 @@ from lumiere_jax.diffusion.settings import (
 from lumiere_jax.diffusion.thresholding import dynamic_threshold
 
 __all__ = [
+    "MIN_STEPS",
     "PARAMETERIZATIONS",
     "SAMPLERS",
     "CosineSchedule",
@@ -54,6 +57,7 @@ __all__ = [
     "classifier_free_guidance",
     "ddim_sample",
     "ddpm_sample",
+    "dpmpp_2m_sample",
     "denoise",
     "diffuse",
     "diffusion_loss",

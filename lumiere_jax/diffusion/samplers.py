@@ -1,6 +1,6 @@
-"""DDPM (ancestral) and DDIM samplers on a uniform time grid, jittable (one `lax.fori_loop`).
+"""DDPM (ancestral), DDIM and DPM-Solver++(2M) samplers on a uniform time grid, jittable (one `lax.fori_loop`).
 
-Both walk t_k = t_start (N - k) / N for k = 0..N, call the denoiser once per step and take the
+All walk t_k = t_start (N - k) / N for k = 0..N, call the denoiser once per step and take the
 last step (to t = 0) as the x0 prediction itself. They take `predict(z, logsnr) -> output`
 (already guided, see `guidance.classifier_free_guidance`) and the parameterisation of that
 output; dynamic thresholding is applied to the x0 prediction inside each step, and eps is then
@@ -10,12 +10,19 @@ Update rules, with c = sigma_{t|s}^2 / sigma_t^2 = -expm1(logsnr_t - logsnr_s) i
     DDPM: z_s ~ q(z_s | z_t, x0) = N((1 - c) (alpha_s / alpha_t) z_t + c alpha_s x0, c sigma_s^2)
     DDIM: z_s = alpha_s x0 + sigma_s sqrt(1 - eta^2 c) eps + eta sqrt(c) sigma_s noise
 DDIM with eta = 1 is the DDPM posterior written through eps; eta = 0 is deterministic.
+
+DPM-Solver++(2M) (Lu et al. 2022) integrates the probability-flow ODE in lambda = logsnr / 2 with the
+data prediction, reusing the previous step's x0 for a second-order (multistep) correction, so it
+costs one model call per step like the others. With h = lambda_s - lambda_t and the previous
+step's h' and x0':
+    z_s = (sigma_s / sigma_t) z_t - alpha_s expm1(-h) D,   D = x0 + h / (2 h') (x0 - x0')
+Its first step (no x0' yet) has D = x0, which is exactly deterministic DDIM.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +31,17 @@ from lumiere_jax.diffusion.parameterization import check_parameterization, eps_f
 from lumiere_jax.diffusion.schedule import CosineSchedule, alpha_sigma, diffuse
 from lumiere_jax.diffusion.thresholding import check_max_value, check_percentile, dynamic_threshold
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+# Fewest steps each sampler is meaningful with: one DPM-Solver++(2M) step is only the x0 prediction at
+# pure noise, so it needs two to be the multistep method at all.
+MIN_STEPS = {"ddpm": 1, "ddim": 1, "dpmpp_2m": 2}
 
 Predict = Callable[[jax.Array, jax.Array], jax.Array]  # (z, logsnr (B,)) -> model output shaped like z
 Known = tuple[jax.Array, jax.Array]  # (values shaped like z, mask broadcastable to z, 1 = known)
-# (z_t, x0, eps, logsnr_t, logsnr_s, rng) -> z_s
-Step = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+# What a multistep sampler carries from one step to the next (DPM-Solver++: the previous x0 and its logsnr).
+History = Any
+# (z_t, x0, eps, logsnr_t, logsnr_s, rng, history) -> (z_s, history)
+Step = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, History], tuple[jax.Array, History]]
 
 
 def check_sampler(name: str) -> str:
@@ -38,9 +50,12 @@ def check_sampler(name: str) -> str:
     return name
 
 
-def check_num_steps(num_steps: int) -> int:
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"sample.num_steps={num_steps!r} must be an integer >= 1")
+def check_num_steps(num_steps: int, sampler: str = "ddpm") -> int:
+    minimum = MIN_STEPS[check_sampler(sampler)]
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < minimum:
+        raise ValueError(f"sample.num_steps={num_steps!r} must be an integer >= {minimum} for sample.sampler="
+                         f"{sampler!r}" + (" (one step is only the x0 prediction at pure noise: use ddim)"
+                                           if minimum > 1 else ""))
     return num_steps
 
 
@@ -95,8 +110,7 @@ class SamplerSettings:
     threshold_max: float = 0.0  # caps the thresholding's s (0: no cap; DeepFloyd IF: 1.5 / 1.0)
 
     def __post_init__(self):
-        check_sampler(self.sampler)
-        check_num_steps(self.num_steps)
+        check_num_steps(self.num_steps, self.sampler)
         check_eta(self.ddim_eta)
         check_guidance_scale(self.guidance_scale)
         check_percentile(self.threshold_percentile)
@@ -108,7 +122,7 @@ def _posterior_fraction(logsnr_t: jax.Array, logsnr_s: jax.Array) -> jax.Array:
     return -jnp.expm1(logsnr_t - logsnr_s)
 
 
-def ddpm_step(z, x0, eps, logsnr_t, logsnr_s, rng) -> jax.Array:
+def ddpm_step(z, x0, eps, logsnr_t, logsnr_s, rng, history=()) -> tuple[jax.Array, History]:
     """One ancestral step: a draw from the exact VP posterior q(z_s | z_t, x0). eps is unused."""
     del eps
     c = _posterior_fraction(logsnr_t, logsnr_s)
@@ -118,22 +132,44 @@ def ddpm_step(z, x0, eps, logsnr_t, logsnr_s, rng) -> jax.Array:
         logsnr_t - logsnr_s + 0.5 * (jax.nn.log_sigmoid(logsnr_s) - jax.nn.log_sigmoid(logsnr_t))
     )
     mean = z_coef * z + c * alpha_s * x0
-    return mean + jnp.sqrt(c) * sigma_s * jax.random.normal(rng, z.shape, z.dtype)
+    return mean + jnp.sqrt(c) * sigma_s * jax.random.normal(rng, z.shape, z.dtype), history
 
 
 def ddim_step(eta: float) -> Step:
     """The DDIM update (Song et al. 2021) for a given eta; eta = 0 draws no noise (rng unused)."""
     eta = check_eta(eta)
 
-    def step(z, x0, eps, logsnr_t, logsnr_s, rng) -> jax.Array:
+    def step(z, x0, eps, logsnr_t, logsnr_s, rng, history=()) -> tuple[jax.Array, History]:
         c = _posterior_fraction(logsnr_t, logsnr_s)
         alpha_s, sigma_s = alpha_sigma(logsnr_s)
         z_s = alpha_s * x0 + sigma_s * jnp.sqrt(1.0 - eta**2 * c) * eps
         if eta == 0.0:
-            return z_s
-        return z_s + eta * jnp.sqrt(c) * sigma_s * jax.random.normal(rng, z.shape, z.dtype)
+            return z_s, history
+        return z_s + eta * jnp.sqrt(c) * sigma_s * jax.random.normal(rng, z.shape, z.dtype), history
 
     return step
+
+
+def dpmpp_2m_history(z: jax.Array, logsnr_start: jax.Array) -> History:
+    """The history before the first step: no previous x0 (a zero step h' = 0 makes D = x0)."""
+    return jnp.zeros_like(z), jnp.asarray(logsnr_start, jnp.float32)
+
+
+def dpmpp_2m_step(z, x0, eps, logsnr_t, logsnr_s, rng, history) -> tuple[jax.Array, History]:
+    """One DPM-Solver++(2M) step t -> s from x0 = x0(z_t) and the previous step's (x0', logsnr_t').
+
+    Deterministic (eps and rng unused). sigma_s / sigma_t and expm1(-h) are written without
+    cancellation, so steps between nearly equal noise levels stay accurate in float32.
+    """
+    del eps, rng
+    x0_prev, logsnr_prev = history
+    h = 0.5 * (logsnr_s - logsnr_t)
+    h_prev = 0.5 * (logsnr_t - logsnr_prev)
+    correction = jnp.where(h_prev > 0, h / (2.0 * jnp.where(h_prev > 0, h_prev, 1.0)), 0.0)
+    d = x0 + correction * (x0 - x0_prev)
+    alpha_s, _ = alpha_sigma(logsnr_s)
+    sigma_ratio = jnp.exp(0.5 * (jax.nn.log_sigmoid(-logsnr_s) - jax.nn.log_sigmoid(-logsnr_t)))
+    return sigma_ratio * z - alpha_s * jnp.expm1(-h) * d, (x0, logsnr_t)
 
 
 def denoise(
@@ -177,9 +213,10 @@ def _run(
     threshold_max: float,
     t_start: float,
     known: Optional[Known] = None,
+    history: History = (),
 ) -> jax.Array:
-    """The loop shared by both samplers; the model is traced once (inside the loop body)."""
-    num_steps = check_num_steps(num_steps)
+    """The loop shared by all samplers; the model is traced once (inside the loop body). `history` is
+    the step's carry before the first step (() for single-step samplers)."""
     if rng is None and (draws_noise or known is not None):
         raise ValueError("this sampler draws noise (DDPM, DDIM with eta > 0, or replacement of known pixels): "
                          "pass a jax.random key as rng")
@@ -187,17 +224,19 @@ def _run(
     threshold_percentile, threshold_max = check_percentile(threshold_percentile), check_max_value(threshold_max)
     t_start = check_t_start(t_start)
 
-    def body(k, z):
+    def body(k, carry):
+        z, history = carry
         t = t_start * (num_steps - k) / num_steps
         s = t_start * (num_steps - k - 1) / num_steps
         logsnr_t, logsnr_s = schedule.logsnr(t), schedule.logsnr(s)
         if known is not None:
             z = replace_known(z, known, logsnr_t, jax.random.fold_in(jax.random.fold_in(rng, k), 1))
         x0, eps = denoise(predict, z, logsnr_t, parameterization, threshold_percentile, threshold_max)
-        z_s = step(z, x0, eps, logsnr_t, logsnr_s, None if rng is None else jax.random.fold_in(rng, k))
-        return jnp.where(k == num_steps - 1, x0, z_s)
+        z_s, history = step(z, x0, eps, logsnr_t, logsnr_s, None if rng is None else jax.random.fold_in(rng, k),
+                            history)
+        return jnp.where(k == num_steps - 1, x0, z_s), history
 
-    return jax.lax.fori_loop(0, num_steps, body, noise.astype(jnp.float32))
+    return jax.lax.fori_loop(0, num_steps, body, (noise.astype(jnp.float32), history))[0]
 
 
 def ddpm_sample(
@@ -220,8 +259,8 @@ def ddpm_sample(
     pixels in before every model call (`replace_known`).
     """
     return _run(
-        ddpm_step, True, predict, noise, rng, schedule, num_steps, parameterization, threshold_percentile,
-        threshold_max, t_start, known,
+        ddpm_step, True, predict, noise, rng, schedule, check_num_steps(num_steps, "ddpm"), parameterization,
+        threshold_percentile, threshold_max, t_start, known,
     )
 
 
@@ -242,8 +281,31 @@ def ddim_sample(
     """DDIM sampling from z_{t_start} = `noise` to x0; `rng` is only used when eta > 0 or with `known`
     (None is fine otherwise)."""
     return _run(
-        ddim_step(eta), eta > 0, predict, noise, rng, schedule, num_steps, parameterization, threshold_percentile,
-        threshold_max, t_start, known,
+        ddim_step(eta), eta > 0, predict, noise, rng, schedule, check_num_steps(num_steps, "ddim"), parameterization,
+        threshold_percentile, threshold_max, t_start, known,
+    )
+
+
+def dpmpp_2m_sample(
+    predict: Predict,
+    noise: jax.Array,
+    rng: jax.Array,
+    schedule: CosineSchedule,
+    *,
+    num_steps: int,
+    parameterization: str,
+    threshold_percentile: float = 0.0,
+    threshold_max: float = 0.0,
+    t_start: float = 1.0,
+    known: Optional[Known] = None,
+) -> jax.Array:
+    """DPM-Solver++(2M) sampling from z_{t_start} = `noise` to x0 (deterministic; `rng` is only used
+    with `known`). The last step returns the x0 prediction, as the other samplers do."""
+    num_steps = check_num_steps(num_steps, "dpmpp_2m")
+    history = dpmpp_2m_history(noise, schedule.logsnr(check_t_start(t_start)))
+    return _run(
+        dpmpp_2m_step, False, predict, noise, rng, schedule, num_steps, parameterization, threshold_percentile,
+        threshold_max, t_start, known, history,
     )
 
 
@@ -269,4 +331,6 @@ def sample(
     )
     if check_sampler(settings.sampler) == "ddpm":
         return ddpm_sample(predict, noise, rng, schedule, **common)
+    if settings.sampler == "dpmpp_2m":
+        return dpmpp_2m_sample(predict, noise, rng, schedule, **common)
     return ddim_sample(predict, noise, rng, schedule, eta=settings.ddim_eta, **common)
