@@ -181,8 +181,11 @@ def mask_mix_config() -> ml_collections.ConfigDict:
 
 
 def compile_config() -> ml_collections.ConfigDict:
-    """`--mode=compile_report`: the TPU slice the train step is compiled for, ahead of time on this machine."""
+    """`--mode=compile_report`: the program (train or denoising step) and the TPU slice it is compiled for,
+    ahead of time on this machine."""
     c = ml_collections.ConfigDict()
+    c.program = "train"  # train: one train step (data.batch_size); denoise_step: one guided denoising step of
+    # sampling (sample.batch_size clips; an SSR config's windows over sample.num_frames frames)
     c.topology = "v5p:2x2x1"  # GENERATION:AxB[xC] (v4, v5e, v5p, v6e), e.g. v5p:4x4x4 or v6e:2x4
     c.num_slices = 1  # > 1: a multi-slice job (set mesh.dcn to match)
     c.hbm_gib = 0.0  # HBM per chip to check against; 0: the generation's (v4 32, v5e 16, v5p 95, v6e 32)

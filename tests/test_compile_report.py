@@ -202,3 +202,42 @@ def test_cli_names_a_bad_topology_quietly(repo_root, tmp_path, topology, message
     lines = [line for line in proc.stderr.splitlines() if line.startswith("lumiere_jax:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not libtpu_noise(proc.stderr), proc.stderr
+
+
+@needs_libtpu
+def test_one_guided_denoising_step_over_windows_on_a_v5p_slice():
+    """compile.program=denoise_step: the sampler's step for 16-frame clips of the 8-frame tiny STUNet is
+    its windows (3: starts 0, 6, 8) times the two guidance branches in one model call, so the compiled
+    FLOPs are those rows of the model's forward pass; the sampling estimate is num_steps such steps."""
+    from lumiere_jax.models.report import model_report
+    from lumiere_jax.train.compile_report import compile_report
+
+    overrides = {"compile.program": "denoise_step", "sample.batch_size": 4, "sample.num_frames": 16,
+                 "sample.guidance_scale": 3.0, "sample.num_steps": 8, "sample.sampler": "dpmpp_2m"}
+    config = tiny_config(overrides)
+    report = compile_report(config)
+    assert (report["program"], report["frames"], report["windows_per_clip"], report["rows_per_step"]) == (
+        "denoise_step", 16, 3, 4 * 3 * 2)
+    assert report["fits"] and report["memory_per_device_gib"]["aliased"] == 0  # no state is donated
+    forward = model_report(config)["forward_flops_per_clip"]  # one 8-frame window
+    assert report["flops_per_step"] == pytest.approx(forward * report["rows_per_step"], rel=0.1)
+    estimate, sampling = report["compiler_estimate"], report["sampling_estimate"]
+    assert estimate["step_seconds"] >= report["step_seconds_at_peak"]
+    assert sampling["seconds_per_clip"] == pytest.approx(estimate["step_seconds"] * 8 / 4, rel=1e-3)
+    assert sampling["chip_seconds_per_clip"] == pytest.approx(sampling["seconds_per_clip"] * 4, rel=1e-3)
+    assert "estimate" in sampling["source"]
+
+
+@needs_libtpu
+@pytest.mark.parametrize("overrides, message", [
+    ({"compile.program": "sample"}, r"compile.program='sample' is not one of \('train', 'denoise_step'\)"),
+    ({"compile.program": "denoise_step", "sample.batch_size": 3},
+     r"sample.batch_size=3 must be a positive multiple of 4 .* for a denoise_step compile report"),
+    ({"compile.program": "denoise_step", "compile.find_max_batch": True}, "set sample.batch_size instead"),
+    ({"compile.program": "denoise_step", "sample.num_frames": 4}, r"sample.num_frames=4 is shorter than the model's 8-frame window"),
+])
+def test_bad_denoise_step_settings_fail_before_compiling(overrides, message):
+    from lumiere_jax.train.compile_report import compile_report
+
+    with pytest.raises(ValueError, match=message):
+        compile_report(tiny_config(overrides))

@@ -1,7 +1,7 @@
 """Placing NNX modules and batches on a mesh from their logical axis names."""
 from __future__ import annotations
 
-from typing import Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import jax
 from flax import nnx
@@ -14,6 +14,11 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules) -> nnx.State:
     """NamedShardings for every variable of `state`, from its logical axis names."""
     with nnx.logical_axis_rules(rules):
         return nnx.get_named_sharding(state, mesh)
+
+
+def abstract_sharded(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `tree`'s leaves carrying `shardings`: the arguments of an ahead-of-time lowering."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 def create_sharded(constructor: Callable[[], M], mesh: Optional[Mesh] = None, rules=None) -> M:

@@ -29,7 +29,7 @@ from lumiere_jax.text.encoder import encoder_config
 from lumiere_jax.train.metrics import peak_tflops
 from lumiere_jax.train.optimizer import learning_rate_schedule
 from lumiere_jax.train.step import make_train_step, step_inputs
-from lumiere_jax.train.trainer import FrozenEncoder, build_train_state, compile_step
+from lumiere_jax.train.trainer import FrozenEncoder, build_train_state, compile_ahead, compile_step
 
 # HBM per chip (GiB) by TPU generation, the prefix of a topology name such as "v5p:2x2x2".
 HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "v6e": 32.0}
@@ -170,15 +170,7 @@ def compile_for_batch(config, tpu: Slice, mesh, rules, batch_size: int) -> dict:
     if error is not None:
         return {**result, "fits": False, "compile_error": error}
     compiled, info = out
-    memory = memory_gib(compiled)
-    flops = info["flops_per_device"]
-    peak = peak_tflops(tpu.generation)
-    return {**result, "fits": memory["total"] <= tpu.hbm_gib_per_device, "compile_seconds": info["compile_seconds"],
-            "memory_per_device_gib": memory, "hbm_headroom_gib": round(tpu.hbm_gib_per_device - memory["total"], 3),
-            "flops_per_device": flops, "flops_per_step": flops * len(tpu.devices),
-            "tflops_per_clip": _significant(flops * len(tpu.devices) / batch_size / 1e12),
-            "step_seconds_at_peak": _significant(flops / (peak * 1e12)) if peak else None,
-            "compiler_estimate": compiler_estimate(info, peak)}
+    return {**result, **compiled_costs(memory_gib(compiled), info, tpu, batch_size)}
 
 
 def compiler_estimate(info: dict, peak: Optional[float]) -> Optional[dict]:
@@ -257,12 +249,71 @@ def text_summary(text) -> dict:
             "encoder_parameters": count_parameters(encoder_config(text))}
 
 
+PROGRAMS = ("train", "denoise_step")
+
+
+def compiled_costs(memory: dict, info: dict, tpu: Slice, rows: int) -> dict:
+    """What a compiled program costs per device and whether it fits: memory, FLOPs, time at peak and the
+    compiler's estimate; `rows` (clips per step) gives the FLOPs per clip."""
+    flops = info["flops_per_device"]
+    peak = peak_tflops(tpu.generation)
+    return {"fits": memory["total"] <= tpu.hbm_gib_per_device, "compile_seconds": info["compile_seconds"],
+            "memory_per_device_gib": memory, "hbm_headroom_gib": round(tpu.hbm_gib_per_device - memory["total"], 3),
+            "flops_per_device": flops, "flops_per_step": flops * len(tpu.devices),
+            "tflops_per_clip": _significant(flops * len(tpu.devices) / rows / 1e12),
+            "step_seconds_at_peak": _significant(flops / (peak * 1e12)) if peak else None,
+            "compiler_estimate": compiler_estimate(info, peak)}
+
+
+def denoise_step_report(config, tpu: Slice, mesh, rules) -> dict:
+    """One guided denoising step of `config`'s stage at sample.batch_size clips, and the sampling time per
+    clip it implies at sample.num_steps (the compiler's estimate)."""
+    if config.compile.find_max_batch:
+        raise ValueError("compile.find_max_batch searches train batches; with compile.program='denoise_step' set "
+                         "sample.batch_size instead")
+    from lumiere_jax.sample.denoise_program import denoise_program
+
+    batch = config.sample.batch_size
+    program = denoise_program(config, mesh, rules, batch)
+    print(f"compiling one denoising step for {config.compile.topology} ({len(tpu.devices)} devices) at {batch} "
+          f"clips ({program.rows_per_step} model rows); minutes at paper scale", file=sys.stderr)
+    jitted = jax.jit(program.fn, in_shardings=program.in_shardings)
+    out, error = try_compile(lambda: compile_ahead(jitted, program.args, mesh))
+    report = {"program": "denoise_step", "sample_batch": batch, "frames": program.frames,
+              "windows_per_clip": program.windows, "rows_per_step": program.rows_per_step,
+              "guidance_scale": config.sample.guidance_scale, "num_steps": config.sample.num_steps,
+              "sampler": config.sample.sampler}
+    if error is not None:
+        return {**report, "fits": False, "compile_error": error}
+    compiled, info = out
+    report.update(compiled_costs(memory_gib(compiled), info, tpu, batch))
+    estimate = report["compiler_estimate"]
+    if estimate:
+        per_clip = estimate["step_seconds"] * config.sample.num_steps / batch
+        report["sampling_estimate"] = {
+            "seconds_per_clip": _significant(per_clip), "chip_seconds_per_clip": _significant(per_clip * tpu.chips),
+            "source": "num_steps x the compiler's step estimate / clips per step: an estimate, not a measurement"}
+    return report
+
+
 def compile_report(config) -> dict:
-    """The JSON report of `config`'s train step on the TPU slice `config.compile.topology`."""
+    """The JSON report of `config`'s train step (or, with compile.program='denoise_step', one denoising step
+    of sampling) on the TPU slice `config.compile.topology`."""
     c = config.compile
+    program = c.get("program", "train")
+    if program not in PROGRAMS:
+        raise ValueError(f"compile.program={program!r} is not one of {PROGRAMS}")
     tpu = tpu_slice(c.topology, int(c.num_slices), float(c.hbm_gib))
     mesh = mesh_from_config(config.mesh, tpu.devices)
     rules = logical_axis_rules(config.mesh.rules)
+    head = {"topology": c.topology, "num_slices": int(c.num_slices), "device_kind": tpu.devices[0].device_kind,
+            "chips": tpu.chips, "devices": len(tpu.devices), "hbm_gib_per_device": round(tpu.hbm_gib_per_device, 3),
+            "mesh": dict(mesh.shape), "model": "STUNet" if config.model.temporal.enabled else "T2I U-Net",
+            "resolution": config.data.hires_resolution if config.ssr.enabled else config.data.resolution,
+            "compute_dtype": config.model.dtype}
+    if program == "denoise_step":
+        return {**head, **denoise_step_report(config, tpu, mesh, rules),
+                "flops_source": "XLA cost analysis of the compiled TPU program, per device"}
     unit = batch_unit(mesh, rules, config.train.microbatches)
     batch = config.data.batch_size
     if batch < 1 or batch % unit:
@@ -272,11 +323,8 @@ def compile_report(config) -> dict:
           f"{batch}; minutes at paper scale", file=sys.stderr)
     first = compile_for_batch(config, tpu, mesh, rules, batch)
     report = {
-        "topology": c.topology, "num_slices": int(c.num_slices), "device_kind": tpu.devices[0].device_kind,
-        "chips": tpu.chips, "devices": len(tpu.devices), "hbm_gib_per_device": round(tpu.hbm_gib_per_device, 3),
-        "mesh": dict(mesh.shape), "model": "STUNet" if config.model.temporal.enabled else "T2I U-Net",
-        "trainable": config.train.trainable, "frames": config.data.num_frames, "resolution": config.data.resolution,
-        "compute_dtype": config.model.dtype, "remat": config.model.remat, "text": text_summary(config.text), **first,
+        **head, "program": "train", "trainable": config.train.trainable, "frames": config.data.num_frames,
+        "remat": config.model.remat, "text": text_summary(config.text), **first,
         "flops_source": "XLA cost analysis of the compiled TPU program, per device (recompute included)",
     }
     if c.find_max_batch:

@@ -24,7 +24,9 @@ from tqdm import tqdm
 from lumiere_jax.models import param_groups
 from lumiere_jax.models.unet import UNet, UNetConfig
 from lumiere_jax.models.weights import load_weights, save_weights
-from lumiere_jax.parallel import batch_sharding, create_sharded, logical_axis_rules, mesh_from_config, state_shardings
+from lumiere_jax.parallel import (
+    abstract_sharded, batch_sharding, create_sharded, logical_axis_rules, mesh_from_config, state_shardings,
+)
 from lumiere_jax.text.conventions import encode_null_prompt, encodes_null_prompt, null_conditioning, unet_mask
 from lumiere_jax.train.checkpointing import Checkpointer
 from lumiere_jax.train.metrics import MetricWriter, peak_tflops, summarize
@@ -81,10 +83,6 @@ def initialize_from(ts: TrainState, path: str) -> str:
     return kind
 
 
-def _abstract(tree, shardings):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 class FrozenEncoder(NamedTuple):
     """The frozen text encoder of a step that encodes in-step (text.encode_in_step)."""
 
@@ -106,12 +104,21 @@ def compile_step(step_fn, state, shardings, batch, mesh, rules, encoder: Optiona
     """
     batch_shardings = {k: batch_sharding(mesh, rules, v.ndim) for k, v in batch.items()}
     in_shardings = (shardings, batch_shardings)
-    args = (_abstract(state, shardings), _abstract(batch, batch_shardings))
+    args = (abstract_sharded(state, shardings), abstract_sharded(batch, batch_shardings))
     if encoder is not None:
         step_fn = functools.partial(_step_with_encoder, step_fn, encoder.graphdef)
         in_shardings += (encoder.shardings,)
-        args += (_abstract(encoder.weights, encoder.shardings),)
+        args += (abstract_sharded(encoder.weights, encoder.shardings),)
     jitted = jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(shardings, None), donate_argnums=0)
+    compiled, info = compile_ahead(jitted, args, mesh)
+    logging.info("train step compiled: %s", json.dumps(info))
+    return compiled, info
+
+
+def compile_ahead(jitted, args, mesh):
+    """(compiled, info): `jitted` lowered for `args` (abstract, sharded) and compiled; info has the compile
+    time, the FLOPs per device of XLA's cost analysis, the TPU compiler's `optimal_seconds` where it gives
+    one, and the memory analysis in GiB."""
     start = time.perf_counter()
     with jax.set_mesh(mesh):
         compiled = jitted.lower(*args).compile()
@@ -125,7 +132,6 @@ def compile_step(step_fn, state, shardings, batch, mesh, rules, encoder: Optiona
         for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
                       "generated_code_size_in_bytes"):
             info[field.replace("_size_in_bytes", "_gib")] = round(getattr(memory, field, 0) / 2**30, 4)
-    logging.info("train step compiled: %s", json.dumps(info))
     return compiled, info
 
 
