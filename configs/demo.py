@@ -70,8 +70,10 @@ def get_config(arg=None):
     tr.checkpoint_every = 200
     tr.log_every = 25
     s = c.sample
-    s.sampler = "ddim"
-    s.num_steps = 32
+    # DPM-Solver++(2M) at 8 steps scores as DDIM at 32 on held-out prompts (README "Samplers: steps versus
+    # quality"): 16 model evaluations per clip instead of 64. (The provenance cards were scored with DDIM 32.)
+    s.sampler = "dpmpp_2m"
+    s.num_steps = 8
     s.guidance_scale = 3.0
     # No dynamic thresholding: the clips are mostly black (-1), and dividing a whole clip by s > 1
     # lifts that black to grey (background 48/255 with it, 8/255 without; presence 95.7% -> 98.7%).

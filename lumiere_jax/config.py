@@ -76,6 +76,8 @@ def sample_config() -> ml_collections.ConfigDict:
     s.batch_size = 8  # prompts per step of the sampler (padded to the mesh's batch shards)
     s.num_frames = 0  # 0: the base model's training length; more: MultiDiffusion windows over a longer clip
     s.window_overlap = 2  # frames shared by consecutive base-model windows when num_frames is longer
+    s.windows_in_sequence = False  # True: MultiDiffusion calls the model on one window at a time (base and SSR):
+    # the same clip for a window count's share of the activation memory (SSR at 1024x1024 on v5p needs it)
     s.base_checkpoint = ""  # an export directory of the base STUNet (--mode=export)
     s.ssr_checkpoint = ""  # optional export directory of an SSR model
     s.fps = 16.0

@@ -226,6 +226,14 @@ def test_one_guided_denoising_step_over_windows_on_a_v5p_slice():
     assert sampling["seconds_per_clip"] == pytest.approx(estimate["step_seconds"] * 8 / 4, rel=1e-3)
     assert sampling["chip_seconds_per_clip"] == pytest.approx(sampling["seconds_per_clip"] * 4, rel=1e-3)
     assert "estimate" in sampling["source"]
+    # One window per model call: the same FLOPs (the loop's, counted once by XLA, times its 3 windows),
+    # a third of the rows per call, less memory.
+    config.sample.windows_in_sequence = True
+    in_sequence = compile_report(config)
+    assert in_sequence["rows_per_model_call"] == report["rows_per_model_call"] // 3 == 8
+    assert in_sequence["costs_scaled_by_windows"] == 3 and "costs_scaled_by_windows" not in report
+    assert in_sequence["flops_per_step"] == pytest.approx(report["flops_per_step"], rel=0.02)
+    assert in_sequence["memory_per_device_gib"]["temporaries"] < report["memory_per_device_gib"]["temporaries"]
 
 
 @needs_libtpu

@@ -47,6 +47,25 @@ def test_split_and_merge_round_trip_and_windows_go_in_one_call():
     np.testing.assert_array_equal(split_windows(x, (0, 6), 4)[2:], x[:, 6:10])
 
 
+def test_windows_in_sequence_give_the_batched_predictions_one_window_per_call():
+    """A window function that mixes frames, conditioning and the noise level, so that a window given
+    another window's frames, conditioning or level would show."""
+    x = jax.random.normal(jax.random.key(1), (2, 11, 3))
+    logsnr = jnp.array([0.5, -2.0])
+    calls = []
+
+    def window_fn(z, logsnr_w, frame_cond, example_cond):
+        calls.append(z.shape)
+        mixed = jnp.cumsum(z, axis=1) * jnp.tanh(frame_cond["f"])
+        return mixed * example_cond["e"][:, None, None] + logsnr_w[:, None, None]
+
+    args = (x, logsnr, {"f": x[..., ::-1]}, {"e": jnp.array([1.5, -0.5])})
+    batched = multidiffusion(window_fn, 11, 4, 1)(*args)
+    in_sequence = jax.jit(lambda *a: multidiffusion(window_fn, 11, 4, 1, in_sequence=True)(*a))(*args)
+    np.testing.assert_allclose(in_sequence, batched, rtol=1e-6, atol=1e-6)
+    assert calls == [(8, 4, 3), (2, 4, 3)]  # 4 windows in one call; then one window (2 examples) per call
+
+
 def framewise_denoiser(mu=0.3, s=0.5):
     """The exact v-prediction of a model acting frame by frame on N(mu, s^2) data."""
     def predict(z, logsnr):

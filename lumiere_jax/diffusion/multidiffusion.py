@@ -58,12 +58,17 @@ def multidiffusion(
     window: int,
     overlap: int,
     constrain: Optional[Callable[[jax.Array], jax.Array]] = None,
+    in_sequence: bool = False,
 ) -> Callable[[jax.Array, jax.Array, Any, Any], jax.Array]:
     """Wraps window_fn(z_w, logsnr_w, frame_cond_w, example_cond_w) -> prediction into a clip-level one.
 
     `frame_cond` leaves have a frame axis 1 and are windowed with z (e.g. SSR's low-res clip);
     `example_cond` leaves are per example and repeated for every window (text, noise levels).
     `constrain` (e.g. a sharding constraint over the data axis) is applied to the windowed batch.
+    `in_sequence` calls the model on one window at a time (a `lax.map`) instead of all windows in
+    one batch: the same predictions for a window count's share of the activation memory (SSR at
+    1024x1024 needs it), at the cost of smaller model calls. (Unrolled calls would not do: XLA is
+    free to run them side by side, and did, at the same memory.)
     """
     starts = window_starts(num_frames, window, overlap)
     constrain = constrain or (lambda a: a)
@@ -71,6 +76,11 @@ def multidiffusion(
     def clip_fn(z, logsnr, frame_cond, example_cond):
         if z.shape[1] != num_frames:
             raise ValueError(f"clip has {z.shape[1]} frames; this MultiDiffusion was built for {num_frames}")
+        if in_sequence:
+            stacked = lambda a: jnp.stack([a[:, s:s + window] for s in starts])  # noqa: E731  (n, B, W, ...)
+            out = jax.lax.map(lambda w: window_fn(constrain(w[0]), logsnr, w[1], example_cond),
+                              (stacked(z), jax.tree.map(stacked, frame_cond)))
+            return merge_windows(out.reshape((-1,) + out.shape[2:]), starts, num_frames)
         windows = lambda a: constrain(split_windows(a, starts, window))  # noqa: E731
         tiled = lambda a: constrain(tile_windows(a, len(starts)))  # noqa: E731
         out = window_fn(windows(z), tiled(logsnr), jax.tree.map(windows, frame_cond), jax.tree.map(tiled, example_cond))

@@ -32,7 +32,8 @@ class DenoiseProgram:
     in_shardings: tuple
     frames: int  # frames of the clip the step denoises
     windows: int  # model windows per clip (1: the whole clip at once)
-    rows_per_step: int  # clips x windows x guidance branches: the model's batch in one step
+    rows_per_step: int  # clips x windows x guidance branches: the model's rows in one step
+    rows_per_call: int  # the model's batch in one call (windows_in_sequence: one window's rows)
 
 
 def stage_geometry(config) -> tuple[int, int, int, int]:
@@ -69,7 +70,8 @@ def denoise_program(config, mesh, rules, batch_size: int) -> DenoiseProgram:
         return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, rules, x.ndim))
 
     def fn(state, z, logsnr, cond):
-        model_fn = clip_model_fn(nnx.merge(graphdef, state), frames, window, overlap, constrain)
+        model_fn = clip_model_fn(nnx.merge(graphdef, state), frames, window, overlap, constrain,
+                                 windows_in_sequence=config.sample.windows_in_sequence)
         predict = diffusion.classifier_free_guidance(model_fn, cond, null_of(cond), settings.guidance_scale)
         x0, _ = diffusion.denoise(predict, z, logsnr, parameterization, settings.threshold_percentile,
                                   settings.threshold_max)
@@ -86,4 +88,6 @@ def denoise_program(config, mesh, rules, batch_size: int) -> DenoiseProgram:
                  {k: batch_sharding(mesh, rules, len(v.shape)) for k, v in cond.items()})
     args = (abstract_sharded(state, shardings[0]), abstract_sharded(z, shardings[1]),
             jax.ShapeDtypeStruct((), jnp.float32), abstract_sharded(cond, shardings[3]))
-    return DenoiseProgram(fn, args, shardings, frames, windows, b * windows * (2 if guided else 1))
+    rows = b * windows * (2 if guided else 1)
+    return DenoiseProgram(fn, args, shardings, frames, windows, rows,
+                          rows // windows if config.sample.windows_in_sequence else rows)

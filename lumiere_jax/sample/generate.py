@@ -21,17 +21,19 @@ from lumiere_jax.sample.masks import split_known
 
 
 def clip_model_fn(model, num_frames: int, window: Optional[int], overlap: int,
-                  constrain: Optional[Callable] = None, image_mode: bool = False) -> Callable:
+                  constrain: Optional[Callable] = None, image_mode: bool = False,
+                  windows_in_sequence: bool = False) -> Callable:
     """fn(z, logsnr, cond) over a whole clip: directly, or with temporal MultiDiffusion when the
-    model's window is shorter than the clip. `image_mode` bypasses the temporal modules, so every
-    frame is denoised on its own (no windows needed)."""
+    model's window is shorter than the clip (`windows_in_sequence`: one window per model call).
+    `image_mode` bypasses the temporal modules, so every frame is denoised on its own (no windows
+    needed)."""
     if image_mode or window is None or window >= num_frames:
         return lambda z, logsnr, cond: call_model(model, z, logsnr, cond, image_mode=image_mode)
 
     def window_fn(z, logsnr, frame_cond, example_cond):
         return call_model(model, z, logsnr, {**frame_cond, **example_cond})
 
-    clip_fn = multidiffusion(window_fn, num_frames, window, overlap, constrain)
+    clip_fn = multidiffusion(window_fn, num_frames, window, overlap, constrain, windows_in_sequence)
 
     def fn(z, logsnr, cond):
         frame = {k: v for k, v in cond.items() if k in FRAME_KEYS}
@@ -91,7 +93,8 @@ def generate(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, num
             replace = (values, mask[..., None])
         else:
             cond = dict(cond, known=known)
-    model_fn = clip_model_fn(model, noise.shape[1], window, overlap, constrain, image_mode)
+    model_fn = clip_model_fn(model, noise.shape[1], window, overlap, constrain, image_mode,
+                             config.sample.get("windows_in_sequence", False))
     uncond = null_of(cond) if negative is None else dict(cond, **negative)
     predict = diffusion.classifier_free_guidance(model_fn, cond, uncond, settings.guidance_scale)
     video = jnp.clip(diffusion.sample(predict, noise, rng, schedule, settings, parameterization=parameterization,
