@@ -391,7 +391,7 @@ def test_config_defaults_build():
 @pytest.mark.parametrize(
     "section, key, value, message",
     [
-        ("sample", "sampler", "euler", r"sample.sampler='euler'.*\('ddpm', 'ddim'\)"),
+        ("sample", "sampler", "euler", r"sample.sampler='euler'.*\('ddpm', 'ddim', 'dpmpp_2m'\)"),
         ("sample", "num_steps", 0, r"sample.num_steps=0 must be an integer >= 1"),
         ("sample", "threshold_percentile", 100.5, r"sample.threshold_percentile=100.5.*\[0, 100\]"),
         ("sample", "threshold_percentile", -1.0, r"sample.threshold_percentile=-1.0.*\[0, 100\]"),
