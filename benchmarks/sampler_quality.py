@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from data_pipelines.synthetic import caption, parse_heldout  # noqa: E402
+from lumiere_jax.diffusion import guidance_branches  # noqa: E402
 from lumiere_jax.evaluation.job import evaluate_samples  # noqa: E402
 from lumiere_jax.sample.job import sample  # noqa: E402
 
@@ -41,7 +42,7 @@ def measure(config, sampler: str, steps: int, out: pathlib.Path) -> dict:
     report = sample(cfg, directory)
     held = evaluate_samples(directory, progress=False, heldout=cfg.eval.heldout)["heldout"]
     clips = len(report["samples"])
-    calls = steps * (2 if cfg.sample.guidance_scale not in (0.0, 1.0) else 1)
+    calls = steps * guidance_branches(cfg.sample.guidance_scale)
     return {"sampler": sampler, "steps": steps, "model_evaluations_per_clip": calls, "num_clips": clips,
             **{m: held[m] for m in METRICS}, "seconds_per_clip": report["timings"]["base_seconds"] / clips}
 

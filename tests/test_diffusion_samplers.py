@@ -132,11 +132,12 @@ def test_dpmpp_2m_at_a_quarter_of_the_steps_is_as_close_to_the_data_as_ddim(nois
 
 
 def test_dpmpp_2m_starts_as_ddim_and_then_corrects(noise):
-    """Its first step has no previous x0, so it is the DDIM step; with two steps (the second returns
+    """Its first step has no previous x0, so it is the DDIM step; with one or two steps (the last returns
     x0) the two samplers agree, with more the second-order correction changes the result."""
     predict, kwargs = optimal_predict("v"), dict(parameterization="v")
-    np.testing.assert_allclose(run(diffusion.dpmpp_2m_sample, predict, noise, num_steps=2, **kwargs),
-                               run(diffusion.ddim_sample, predict, noise, num_steps=2, **kwargs), atol=1e-6)
+    for steps in (1, 2):
+        np.testing.assert_allclose(run(diffusion.dpmpp_2m_sample, predict, noise, num_steps=steps, **kwargs),
+                                   run(diffusion.ddim_sample, predict, noise, num_steps=steps, **kwargs), atol=1e-6)
     assert not np.allclose(run(diffusion.dpmpp_2m_sample, predict, noise, num_steps=8, **kwargs),
                            run(diffusion.ddim_sample, predict, noise, num_steps=8, **kwargs), atol=1e-3)
 
@@ -238,8 +239,10 @@ def test_bad_sampler_arguments_are_rejected(noise):
         diffusion.ddim_sample(optimal_predict("v"), noise, None, SCHEDULE, num_steps=4, parameterization="v", eta=2.0)
     with pytest.raises(ValueError, match=r"predict returned shape \(8, 10, 10, 25, 1\)"):
         diffusion.ddim_sample(lambda z, l: z[..., :1], noise, None, SCHEDULE, num_steps=4, parameterization="v")
-    with pytest.raises(ValueError, match=r"num_steps=1 must be an integer >= 2 for sample.sampler='dpmpp_2m'"):
-        diffusion.dpmpp_2m_sample(optimal_predict("v"), noise, None, SCHEDULE, num_steps=1, parameterization="v")
+    one_step = dict(sampler="dpmpp_2m", num_steps=1, ddim_eta=0.0, guidance_scale=1.0, threshold_percentile=0.0,
+                    threshold_max=0.0)
+    with pytest.raises(ValueError, match=r"sample.num_steps=1 must be >= 2 for sample.sampler='dpmpp_2m'"):
+        diffusion.sampler_settings_from_config(one_step)
     with pytest.raises(ValueError, match=r"sample.sampler='dpm' is not supported; use one of"):
         diffusion.SamplerSettings(sampler="dpm", num_steps=8, ddim_eta=0.0, guidance_scale=1.0,
                                   threshold_percentile=0.0)

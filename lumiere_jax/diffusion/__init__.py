@@ -9,6 +9,7 @@ from lumiere_jax.diffusion.augmentation import noise_augment, random_noise_augme
 from lumiere_jax.diffusion.guidance import (
     classifier_free_guidance,
     drop_conditioning,
+    guidance_branches,
     guide,
     null_text_conditioning,
 )
@@ -26,7 +27,6 @@ from lumiere_jax.diffusion.parameterization import (
     x0_from_v,
 )
 from lumiere_jax.diffusion.samplers import (
-    MIN_STEPS,
     SAMPLERS,
     SamplerSettings,
     ddim_sample,
@@ -46,7 +46,6 @@ from lumiere_jax.diffusion.settings import (
 from lumiere_jax.diffusion.thresholding import dynamic_threshold
 
 __all__ = [
-    "MIN_STEPS",
     "PARAMETERIZATIONS",
     "SAMPLERS",
     "CosineSchedule",
@@ -65,6 +64,7 @@ __all__ = [
     "dynamic_threshold",
     "eps_from_v",
     "eps_from_x0",
+    "guidance_branches",
     "guide",
     "noise_augment",
     "noise_batch",

@@ -49,6 +49,12 @@ def guide(cond_out: jax.Array, uncond_out: jax.Array, scale) -> jax.Array:
     return (1.0 - scale) * uncond_out + scale * cond_out
 
 
+def guidance_branches(scale) -> int:
+    """Model rows per example that `classifier_free_guidance` evaluates: 1 for the Python numbers 0 and
+    1 (only the surviving branch runs), else 2 (conditional and unconditional in one batch)."""
+    return 1 if isinstance(scale, numbers.Number) and scale in (0, 1) else 2
+
+
 def classifier_free_guidance(
     model_fn: ConditionalModelFn, conditioning: Any, null_conditioning: Any, scale
 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
@@ -61,10 +67,9 @@ def classifier_free_guidance(
     eps is linear in it for a fixed z, that equals guiding x0 or eps.
     """
     _check_same_layout(conditioning, null_conditioning)
-    if isinstance(scale, numbers.Number) and scale == 0:
-        return lambda z, logsnr: model_fn(z, logsnr, null_conditioning)
-    if isinstance(scale, numbers.Number) and scale == 1:
-        return lambda z, logsnr: model_fn(z, logsnr, conditioning)
+    if guidance_branches(scale) == 1:
+        only = null_conditioning if scale == 0 else conditioning
+        return lambda z, logsnr: model_fn(z, logsnr, only)
 
     def predict(z: jax.Array, logsnr: jax.Array) -> jax.Array:
         batch = z.shape[0]

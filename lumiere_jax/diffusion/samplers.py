@@ -32,8 +32,9 @@ from lumiere_jax.diffusion.schedule import CosineSchedule, alpha_sigma, diffuse
 from lumiere_jax.diffusion.thresholding import check_max_value, check_percentile, dynamic_threshold
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
-# Fewest steps each sampler is meaningful with: one DPM-Solver++(2M) step is only the x0 prediction at
-# pure noise, so it needs two to be the multistep method at all.
+# Fewest steps a config may ask of each sampler: one DPM-Solver++(2M) step is only the x0 prediction at
+# pure noise (as one step of any sampler is), so a config asking for it means something else. The
+# samplers themselves run any count >= 1 (an SDEdit of a short run needs one step).
 MIN_STEPS = {"ddpm": 1, "ddim": 1, "dpmpp_2m": 2}
 
 Predict = Callable[[jax.Array, jax.Array], jax.Array]  # (z, logsnr (B,)) -> model output shaped like z
@@ -50,12 +51,18 @@ def check_sampler(name: str) -> str:
     return name
 
 
-def check_num_steps(num_steps: int, sampler: str = "ddpm") -> int:
+def check_num_steps(num_steps: int) -> int:
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(f"sample.num_steps={num_steps!r} must be an integer >= 1")
+    return num_steps
+
+
+def check_config_num_steps(num_steps: int, sampler: str) -> int:
+    """`check_num_steps`, and at least what a config may ask of `sampler` (MIN_STEPS)."""
     minimum = MIN_STEPS[check_sampler(sampler)]
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < minimum:
-        raise ValueError(f"sample.num_steps={num_steps!r} must be an integer >= {minimum} for sample.sampler="
-                         f"{sampler!r}" + (" (one step is only the x0 prediction at pure noise: use ddim)"
-                                           if minimum > 1 else ""))
+    if check_num_steps(num_steps) < minimum:
+        raise ValueError(f"sample.num_steps={num_steps} must be >= {minimum} for sample.sampler={sampler!r} (one step "
+                         "is only the x0 prediction at pure noise: use ddim)")
     return num_steps
 
 
@@ -110,7 +117,8 @@ class SamplerSettings:
     threshold_max: float = 0.0  # caps the thresholding's s (0: no cap; DeepFloyd IF: 1.5 / 1.0)
 
     def __post_init__(self):
-        check_num_steps(self.num_steps, self.sampler)
+        check_sampler(self.sampler)
+        check_num_steps(self.num_steps)
         check_eta(self.ddim_eta)
         check_guidance_scale(self.guidance_scale)
         check_percentile(self.threshold_percentile)
@@ -150,11 +158,6 @@ def ddim_step(eta: float) -> Step:
     return step
 
 
-def dpmpp_2m_history(z: jax.Array, logsnr_start: jax.Array) -> History:
-    """The history before the first step: no previous x0 (a zero step h' = 0 makes D = x0)."""
-    return jnp.zeros_like(z), jnp.asarray(logsnr_start, jnp.float32)
-
-
 def dpmpp_2m_step(z, x0, eps, logsnr_t, logsnr_s, rng, history) -> tuple[jax.Array, History]:
     """One DPM-Solver++(2M) step t -> s from x0 = x0(z_t) and the previous step's (x0', logsnr_t').
 
@@ -165,7 +168,7 @@ def dpmpp_2m_step(z, x0, eps, logsnr_t, logsnr_s, rng, history) -> tuple[jax.Arr
     x0_prev, logsnr_prev = history
     h = 0.5 * (logsnr_s - logsnr_t)
     h_prev = 0.5 * (logsnr_t - logsnr_prev)
-    correction = jnp.where(h_prev > 0, h / (2.0 * jnp.where(h_prev > 0, h_prev, 1.0)), 0.0)
+    correction = jnp.where(h_prev > 0, h / (2.0 * h_prev), 0.0)  # h' = 0 before the first step: D = x0
     d = x0 + correction * (x0 - x0_prev)
     alpha_s, _ = alpha_sigma(logsnr_s)
     sigma_ratio = jnp.exp(0.5 * (jax.nn.log_sigmoid(-logsnr_s) - jax.nn.log_sigmoid(-logsnr_t)))
@@ -217,6 +220,7 @@ def _run(
 ) -> jax.Array:
     """The loop shared by all samplers; the model is traced once (inside the loop body). `history` is
     the step's carry before the first step (() for single-step samplers)."""
+    num_steps = check_num_steps(num_steps)
     if rng is None and (draws_noise or known is not None):
         raise ValueError("this sampler draws noise (DDPM, DDIM with eta > 0, or replacement of known pixels): "
                          "pass a jax.random key as rng")
@@ -259,8 +263,8 @@ def ddpm_sample(
     pixels in before every model call (`replace_known`).
     """
     return _run(
-        ddpm_step, True, predict, noise, rng, schedule, check_num_steps(num_steps, "ddpm"), parameterization,
-        threshold_percentile, threshold_max, t_start, known,
+        ddpm_step, True, predict, noise, rng, schedule, num_steps, parameterization, threshold_percentile,
+        threshold_max, t_start, known,
     )
 
 
@@ -281,8 +285,8 @@ def ddim_sample(
     """DDIM sampling from z_{t_start} = `noise` to x0; `rng` is only used when eta > 0 or with `known`
     (None is fine otherwise)."""
     return _run(
-        ddim_step(eta), eta > 0, predict, noise, rng, schedule, check_num_steps(num_steps, "ddim"), parameterization,
-        threshold_percentile, threshold_max, t_start, known,
+        ddim_step(eta), eta > 0, predict, noise, rng, schedule, num_steps, parameterization, threshold_percentile,
+        threshold_max, t_start, known,
     )
 
 
@@ -301,8 +305,8 @@ def dpmpp_2m_sample(
 ) -> jax.Array:
     """DPM-Solver++(2M) sampling from z_{t_start} = `noise` to x0 (deterministic; `rng` is only used
     with `known`). The last step returns the x0 prediction, as the other samplers do."""
-    num_steps = check_num_steps(num_steps, "dpmpp_2m")
-    history = dpmpp_2m_history(noise, schedule.logsnr(check_t_start(t_start)))
+    # Before the first step: no previous x0, and a previous step h' = 0 (its logsnr is the start's), so D = x0.
+    history = (jnp.zeros(noise.shape, jnp.float32), schedule.logsnr(check_t_start(t_start)))
     return _run(
         dpmpp_2m_step, False, predict, noise, rng, schedule, num_steps, parameterization, threshold_percentile,
         threshold_max, t_start, known, history,

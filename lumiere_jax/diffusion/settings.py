@@ -1,14 +1,15 @@
 """Builds the diffusion objects from the `config.diffusion` and `config.sample` sections.
 
 Validation lives in the objects themselves (so direct construction is checked too); this module
-only reads keys, reporting a missing one by its full config path.
+reads keys, reporting a missing one by its full config path, and refuses what is well defined but
+not what a config means (a one-step DPM-Solver++, `samplers.MIN_STEPS`).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from lumiere_jax.diffusion.parameterization import check_parameterization
-from lumiere_jax.diffusion.samplers import SamplerSettings
+from lumiere_jax.diffusion.samplers import SamplerSettings, check_config_num_steps
 from lumiere_jax.diffusion.schedule import SCHEDULES, CosineSchedule, DDPMCosineSchedule
 
 
@@ -43,4 +44,6 @@ def sampler_settings_from_config(sample: Any) -> SamplerSettings:
     """`config.sample` (sampler, num_steps, ddim_eta, guidance_scale, threshold_percentile, threshold_max)
     -> SamplerSettings."""
     keys = ("sampler", "num_steps", "ddim_eta", "guidance_scale", "threshold_percentile", "threshold_max")
-    return SamplerSettings(**{key: _read(sample, "sample", key) for key in keys})
+    settings = SamplerSettings(**{key: _read(sample, "sample", key) for key in keys})
+    check_config_num_steps(settings.num_steps, settings.sampler)
+    return settings

@@ -64,7 +64,6 @@ def denoise_program(config, mesh, rules, batch_size: int) -> DenoiseProgram:
     settings = diffusion.sampler_settings_from_config(config.sample)
     parameterization = diffusion.parameterization_from_config(config.diffusion)
     windows = len(window_starts(frames, window, overlap)) if window < frames else 1
-    guided = settings.guidance_scale not in (0.0, 1.0)
 
     def constrain(x):
         return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, rules, x.ndim))
@@ -88,6 +87,6 @@ def denoise_program(config, mesh, rules, batch_size: int) -> DenoiseProgram:
                  {k: batch_sharding(mesh, rules, len(v.shape)) for k, v in cond.items()})
     args = (abstract_sharded(state, shardings[0]), abstract_sharded(z, shardings[1]),
             jax.ShapeDtypeStruct((), jnp.float32), abstract_sharded(cond, shardings[3]))
-    rows = b * windows * (2 if guided else 1)
+    rows = b * windows * diffusion.guidance_branches(settings.guidance_scale)
     return DenoiseProgram(fn, args, shardings, frames, windows, rows,
                           rows // windows if config.sample.windows_in_sequence else rows)

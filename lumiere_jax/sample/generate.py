@@ -83,8 +83,6 @@ def generate(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, num
         if steps < settings.num_steps:
             t_start = steps / settings.num_steps
             noise = diffusion.diffuse(init.astype(jnp.float32), noise, schedule.logsnr(t_start))
-        if steps < diffusion.MIN_STEPS[settings.sampler]:  # one step is the x0 prediction whatever the sampler
-            settings = dataclasses.replace(settings, sampler="ddim", ddim_eta=0.0, num_steps=steps)
         settings = dataclasses.replace(settings, num_steps=steps)
     replace = None
     if known is not None:
