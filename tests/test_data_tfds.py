@@ -52,6 +52,7 @@ def test_ucf101_examples_become_captioned_clips(tmp_path, capsys):
             assert index % 2 == k  # shard k holds examples k, k + 2, ...
             example = examples[index]
             assert record.caption == "a person " + tfds_to_shards.humanize(names[example["label"]])
+            assert record.meta["label"] == tfds_to_shards.humanize(names[example["label"]])  # the protocol's class
             assert record.frames.shape == (length, 64, 64, 3) and record.fps == fps
             first = record.meta["clip_index"] * length  # output frame j shows source frame floor(j * 25 / 16)
             source = example["video"][first * source_fps // fps]

@@ -13,7 +13,7 @@ from typing import Iterator
 
 from array_record.python import array_record_module
 
-from lumiere_jax.data.schema import DEFAULT_JPEG_QUALITY, ClipRecord, decode_record, encode_record
+from lumiere_jax.data.schema import DEFAULT_JPEG_QUALITY, ClipRecord, RecordView, encode_record, parse_record
 
 SHARD_SUFFIX = ".array_record"
 TMP_SUFFIX = ".tmp"
@@ -102,13 +102,19 @@ def open_reader(path: str) -> array_record_module.ArrayRecordReader:
     raise ValueError(f"{path} is not a readable ArrayRecord shard ({error}); rewrite it with a data_pipelines job")
 
 
-def iter_records(path: str) -> Iterator[ClipRecord]:
-    """Decodes every record of one shard, in order."""
+def iter_views(path: str) -> Iterator[RecordView]:
+    """Parses every record of one shard, in order, decoding no frames (captions and meta are free)."""
     reader = open_reader(path)
     try:
         n = reader.num_records()
         for start in range(0, n, _READ_CHUNK):
             for data in reader.read(list(range(start, min(n, start + _READ_CHUNK)))):
-                yield decode_record(data)
+                yield parse_record(data)
     finally:
         reader.close()
+
+
+def iter_records(path: str) -> Iterator[ClipRecord]:
+    """Decodes every record of one shard, in order."""
+    for view in iter_views(path):
+        yield view.to_record()

@@ -27,7 +27,8 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines.synthetic import COLORS, DIRECTIONS, SHAPES, caption, combos, make_example, parse_heldout
-from lumiere_jax.evaluation.job import evaluate_samples, read_samples, resolve
+from lumiere_jax.evaluation.job import evaluate_samples
+from lumiere_jax.evaluation.video_sets import read_samples, resolve
 from lumiere_jax.evaluation.synthetic import analyze_clip
 from lumiere_jax.sample.tasks import Request, build_known, load_inputs
 from lumiere_jax.sample.video_io import to_uint8, write_lossless_video

@@ -1,5 +1,8 @@
 """`--mode=eval`: scores the clips of a sampling run (WORKDIR/samples.json) -> WORKDIR/eval_report.json.
 
+`eval.metrics` chooses the scores: `shapes` (the moving-shapes evaluator, below) and the field's
+network metrics `fvd`, `is`, `clip` (video_metrics.py), reported under 'metrics'.
+
 A sample that cannot be scored (a prompt outside the moving-shapes grammar, a missing or corrupt
 .npz, frames of the wrong shape) is skipped and listed with its reason, so one bad file does not
 lose the rest of the run; a run with nothing scorable is an error.
@@ -8,55 +11,21 @@ from __future__ import annotations
 
 import json
 import pathlib
-import zipfile
 
-import numpy as np
 from tqdm import tqdm
 
 from data_pipelines.synthetic import parse_heldout
-from lumiere_jax.evaluation.synthetic import build_report, score_clip, to_unit_range
+from lumiere_jax.evaluation.synthetic import build_report, score_clip
+from lumiere_jax.evaluation.video_metrics import (
+    NETWORK_METRICS,
+    check_eval_config,
+    metrics_table,
+    network_metrics,
+    parse_metrics,
+)
+from lumiere_jax.evaluation.video_sets import SampledSet, load_frames, read_samples
 
 REPORT_NAME = "eval_report.json"
-
-
-def read_samples(workdir: pathlib.Path) -> list[dict]:
-    """The `samples` list of WORKDIR/samples.json, as written by --mode=sample."""
-    path = workdir / "samples.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run --mode=sample with this --workdir first")
-    try:
-        samples = json.loads(path.read_text())["samples"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is not a samples.json of --mode=sample (a JSON object with a 'samples' list): "
-                         f"{type(e).__name__}: {e}") from e
-    if not isinstance(samples, list) or not all(isinstance(s, dict) for s in samples):
-        raise ValueError(f"{path}: 'samples' must be a list of objects with 'prompt' and 'npz'")
-    return samples
-
-
-def resolve(workdir: pathlib.Path, name: str) -> pathlib.Path:
-    """The sampling job records paths as it was given them, so a relative workdir makes relative
-    paths; those are looked up as given, then beside samples.json, where the job writes them."""
-    path = pathlib.Path(name)
-    return path if path.is_file() else workdir / path.name
-
-
-def load_frames(workdir: pathlib.Path, sample: dict) -> np.ndarray:
-    """One sample's (T, H, W, 3) frames in [0, 1]; ValueError saying what is wrong with it."""
-    if "prompt" not in sample or "npz" not in sample:
-        raise ValueError("the entry has no 'prompt' or no 'npz'")
-    path = resolve(workdir, str(sample["npz"]))
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist")
-    try:
-        with np.load(path) as data:
-            frames = data["frames"]
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as e:
-        # TypeError: a plain .npy loads as an array, which is no context manager.
-        raise ValueError(f"{path} is not an .npz with a 'frames' array: {type(e).__name__}: {e}") from e
-    if frames.ndim != 4:
-        raise ValueError(f"{path}: frames must be (T, H, W, 3), got shape {frames.shape}")
-    return to_unit_range(frames[None])[0]
 
 
 def evaluate_samples(workdir, progress: bool = True, heldout: str = "") -> dict:
@@ -80,6 +49,32 @@ def evaluate_samples(workdir, progress: bool = True, heldout: str = "") -> dict:
     report = {**build_report(records, heldout), "skipped": skipped}
     (workdir / REPORT_NAME).write_text(json.dumps(report, indent=2))
     return report
+
+
+def evaluate(config, workdir, progress: bool = True) -> tuple[dict, str]:
+    """`--mode=eval`: the report of every metric in eval.metrics (written to WORKDIR/eval_report.json) and
+    its summary table."""
+    workdir = pathlib.Path(workdir)
+    if config.eval.protocol:
+        from lumiere_jax.evaluation.ucf101_protocol import run_protocol
+
+        report, table = run_protocol(config, workdir, progress)
+        (workdir / REPORT_NAME).write_text(json.dumps(report, indent=2))
+        return report, table
+    metrics = parse_metrics(config.eval.metrics)
+    check_eval_config(config.eval, metrics)
+    report, tables = {}, []
+    if "shapes" in metrics:
+        report = evaluate_samples(workdir, progress, config.eval.heldout)
+        tables.append(summary(report))
+    networks = [m for m in metrics if m in NETWORK_METRICS]
+    if networks:
+        generated = SampledSet(workdir)
+        report["metrics"] = network_metrics(config, generated, workdir, networks, progress=progress)
+        report["skipped_samples"] = generated.skipped
+        tables.append(metrics_table(report["metrics"], generated.skipped))
+        (workdir / REPORT_NAME).write_text(json.dumps(report, indent=2))
+    return report, "\n".join(tables)
 
 
 def _line(name: str, scores: dict) -> str:
