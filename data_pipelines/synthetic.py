@@ -119,16 +119,21 @@ def trajectory(rng: np.random.Generator, direction: Optional[str], num_frames: i
     return np.stack([xs, ys], axis=1)
 
 
+def render_clip(combo: Combo, rng: np.random.Generator, num_frames: int, sizes) -> tuple[dict, np.ndarray, float]:
+    """({size: (T, size, size, 3) uint8}, (T, 2) centres, radius) of one random clip of `combo`."""
+    radius = float(rng.uniform(*RADIUS_RANGE))
+    positions = trajectory(rng, combo[2], num_frames, radius).astype(np.float32)
+    return {size: render(combo, positions, radius, size) for size in sizes}, positions, radius
+
+
 def make_example(index: int, settings: dict[str, Any]) -> ClipRecord:
     """Example `index` of the split: the same for every shard and worker count."""
     split_id, kind_id = SPLITS.index(settings["split"]), KINDS.index(settings["kind"])
     rng = np.random.default_rng([settings["seed"], split_id, kind_id, index])
     options = combos(settings["kind"], settings["split"], settings["heldout"])
     combo = options[rng.integers(len(options))]
-    radius = float(rng.uniform(*RADIUS_RANGE))
     num_frames = settings["num_frames"] if settings["kind"] == "video" else 1
-    positions = trajectory(rng, combo[2], num_frames, radius).astype(np.float32)
-    stacks = {size: render(combo, positions, radius, size) for size in settings["sizes"]}
+    stacks, positions, radius = render_clip(combo, rng, num_frames, settings["sizes"])
     base = min(stacks)
     return ClipRecord(
         id=f"shapes-{settings['kind']}-{settings['split']}-{index:07d}",

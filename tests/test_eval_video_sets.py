@@ -133,3 +133,22 @@ def test_bad_protocol_config_is_named():
     config.eval.num_samples = 16
     with pytest.raises(ValueError, match="needs eval.reference"):
         check_protocol(config)
+
+
+def test_feature_pass_pads_to_the_batch_shards_and_returns_every_row():
+    import jax
+    from flax import nnx
+
+    from lumiere_jax.evaluation.feature_pass import FeatureExtractor
+    from lumiere_jax.parallel import logical_axis_rules, make_mesh
+
+    mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    network = nnx.Linear(12, 2, rngs=nnx.Rngs(0))
+    extractor = FeatureExtractor(network, lambda net, v: {"y": net(v.reshape(v.shape[0], -1) * 2.0)}, mesh,
+                                 logical_axis_rules())
+    videos = np.random.default_rng(0).normal(size=(3, 1, 2, 2, 3)).astype(np.float32)  # 3 rows on 8 devices
+    out = extractor(videos)["y"]
+    expected = (videos.reshape(3, -1) * 2.0) @ np.asarray(network.kernel[...]) + np.asarray(network.bias[...])
+    assert out.shape == (3, 2) and jax.device_count() == 8
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
+    assert extractor.compiled(videos).memory_analysis().argument_size_in_bytes > 0

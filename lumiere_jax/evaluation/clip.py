@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from lumiere_jax.evaluation.network_weights import assign_arrays
-from lumiere_jax.text.hf_checkpoint import read_safetensors
+from lumiere_jax.text.hf_checkpoint import INDEX_FILE, SINGLE_FILE, read_safetensors
 
 # OpenAI CLIP's RGB statistics (HF's OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -349,15 +349,24 @@ def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return size, int(size * width / height)
 
 
+def _bicubic_like_pil(images: jax.Array, height: int, width: int) -> jax.Array:
+    """(N, H, W, 3) -> (N, height, width, 3) with PIL's antialiased BICUBIC (Keys a = -0.5, kernel
+    widened by the scale when downsampling, half-pixel centres: what `jax.image.resize(antialias=True)`
+    computes), as PIL runs it on 8-bit images: the width pass, then the height pass, each result
+    clamped to the valid range (PIL rounds to 8 bits there too; that is not copied)."""
+    n, _, _, c = images.shape
+    wide = jnp.clip(jax.image.resize(images, (n, images.shape[1], width, c), "bicubic", antialias=True), 0.0, 1.0)
+    return jnp.clip(jax.image.resize(wide, (n, height, width, c), "bicubic", antialias=True), 0.0, 1.0)
+
+
 def preprocess_for_clip(frames: jax.Array, image_size: int = 224) -> jax.Array:
     """Frames (..., H, W, 3) float RGB in [0, 1] -> (..., S, S, 3) CLIP input, S = `image_size`.
 
-    HF CLIPImageProcessor's steps, in jnp so they run inside a sharded jit: resize so the shorter
-    side is S (bicubic, Keys a = -0.5, kernel widened when downsampling: PIL's antialiased BICUBIC,
-    which `jax.image.resize(antialias=True)` also computes), centre-crop S x S (offsets
-    (H' - S) // 2, (W' - S) // 2), clip to [0, 1] (the reference resizes 8-bit images, whose values
-    cannot overshoot), then subtract CLIP_MEAN and divide by CLIP_STD. HF rounds the resized image
-    to 8 bits; here nothing is quantised.
+    HF CLIPImageProcessor's steps (its PIL backend), in jnp so they run inside a sharded jit:
+    resize so the shorter side is S and the longer int(S * long / short) (`_bicubic_like_pil`),
+    centre-crop S x S at offsets ((H' - S) // 2, (W' - S) // 2), subtract CLIP_MEAN, divide by
+    CLIP_STD. HF quantises the frame and the resized image to 8 bits; nothing is quantised here,
+    which leaves at most about one 8-bit step of difference per pixel (measured in the tests).
     """
     frames = jnp.asarray(frames)
     if frames.ndim < 3 or frames.shape[-1] != 3 or 0 in frames.shape[-3:-1]:
@@ -365,10 +374,9 @@ def preprocess_for_clip(frames: jax.Array, image_size: int = 224) -> jax.Array:
                          f"{tuple(frames.shape)}")
     *lead, height, width, _ = frames.shape
     new_h, new_w = resized_shape(height, width, image_size)
-    flat = frames.reshape(-1, height, width, 3).astype(jnp.float32)
-    resized = jax.image.resize(flat, (flat.shape[0], new_h, new_w, 3), method="bicubic", antialias=True)
+    resized = _bicubic_like_pil(frames.reshape(-1, height, width, 3).astype(jnp.float32), new_h, new_w)
     top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
-    crop = jnp.clip(resized[:, top : top + image_size, left : left + image_size], 0.0, 1.0)
+    crop = resized[:, top : top + image_size, left : left + image_size]
     normalised = (crop - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
     return normalised.reshape(*lead, image_size, image_size, 3)
 
@@ -465,14 +473,12 @@ def _ours(name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
 
 
 def hf_arrays(tensors: dict) -> dict[str, np.ndarray]:
-    """Our flat {path: array} of a HF CLIPModel state dict (lazy safetensors views or arrays)."""
+    """Our flat {path: array} of a HF CLIPModel state dict ({name: LazyArray}, `read_safetensors`)."""
     arrays = {}
     for name, tensor in tensors.items():
-        if name.endswith(_SKIPPED_SUFFIX):
-            continue
-        value = tensor.read_all() if hasattr(tensor, "read_all") else np.asarray(tensor)
-        path, value = _ours(name, value)
-        arrays[path] = value
+        if not name.endswith(_SKIPPED_SUFFIX):
+            path, value = _ours(name, tensor.read_all())
+            arrays[path] = value
     return arrays
 
 
@@ -504,10 +510,10 @@ def load_clip(directory: Union[str, os.PathLike]) -> tuple[CLIPModel, CLIPTokeni
     config = CLIPConfig.from_file(os.path.join(directory, CONFIG_FILE))
     tokenizer = CLIPTokenizer.from_directory(directory, config.text.max_position_embeddings)
     _check_tokenizer(tokenizer, config.text, directory)
-    if not any(os.path.exists(os.path.join(directory, f)) for f in ("model.safetensors", "model.safetensors.index.json")):
-        raise FileNotFoundError(f"{directory} holds no model.safetensors; save the checkpoint with transformers' "
-                                "save_pretrained (safetensors is its default) or convert pytorch_model.bin")
+    if not any(os.path.exists(os.path.join(directory, name)) for name in (SINGLE_FILE, INDEX_FILE)):
+        raise FileNotFoundError(f"{directory} holds no {SINGLE_FILE}; save the checkpoint with transformers' "
+                                "save_pretrained (safetensors is its default) or convert its pytorch_model.bin")
     tensors = read_safetensors(directory, what="CLIP checkpoint")
     model = nnx.eval_shape(lambda: CLIPModel(config, nnx.Rngs(0)))
-    assign_arrays(model, hf_arrays(tensors), source=os.path.join(directory, "model.safetensors"))
+    assign_arrays(model, hf_arrays(tensors), source=f"CLIP checkpoint {directory}")
     return model, tokenizer

@@ -32,14 +32,24 @@ class FeatureExtractor:
 
         self._run = run
 
+    def _padded(self, videos: np.ndarray) -> np.ndarray:
+        """`videos` with its last row repeated up to a multiple of the batch shards."""
+        padding = -videos.shape[0] % self.shards
+        return np.concatenate([videos, np.repeat(videos[-1:], padding, axis=0)]) if padding else videos
+
     def __call__(self, videos: np.ndarray) -> dict[str, np.ndarray]:
         """`videos` (B, ...): float frames, or token ids for a text tower."""
         videos = np.asarray(videos)
-        count = videos.shape[0]
-        padding = -count % self.shards
-        if padding:
-            videos = np.concatenate([videos, np.repeat(videos[-1:], padding, axis=0)])
+        padded = self._padded(videos)
         with jax.set_mesh(self.mesh):
-            placed = jax.device_put(videos, batch_sharding(self.mesh, self.rules, videos.ndim))
+            placed = jax.device_put(padded, batch_sharding(self.mesh, self.rules, padded.ndim))
             result = self._run(self.state, placed)
-        return {k: np.asarray(v)[:count] for k, v in result.items()}
+        return {k: np.asarray(v)[: videos.shape[0]] for k, v in result.items()}
+
+    def compiled(self, videos: np.ndarray):
+        """The compiled program for a batch like `videos` (its memory_analysis() is what a device holds)."""
+        padded = self._padded(np.asarray(videos))
+        spec = jax.ShapeDtypeStruct(padded.shape, padded.dtype,
+                                    sharding=batch_sharding(self.mesh, self.rules, padded.ndim))
+        with jax.set_mesh(self.mesh):
+            return self._run.lower(self.state, spec).compile()

@@ -159,7 +159,7 @@ def clip_similarity_report(e, generated: VideoSet, mesh, rules, progress: bool) 
 
     def frame_embeddings(net, videos):
         b, t = videos.shape[:2]
-        pixels = preprocess_for_clip(videos.reshape(b * t, *videos.shape[2:]))
+        pixels = preprocess_for_clip(videos.reshape(b * t, *videos.shape[2:]), net.config.vision.image_size)
         return {"image": net.image_features(pixels).reshape(b, t, -1)}
 
     images = FeatureExtractor(model, frame_embeddings, mesh, rules)
