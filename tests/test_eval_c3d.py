@@ -12,31 +12,9 @@ from flax import nnx
 
 from lumiere_jax.evaluation import c3d
 from lumiere_jax.evaluation.network_weights import WeightsMismatch
+from metrics_helpers import CONVS, SMALL_C3D as SMALL, chainer_arrays, raw_mean
 
-SMALL = c3d.C3DConfig(conv_channels=(4, 8, 8, 8, 16, 16, 16, 16), fc_features=32, num_classes=101)
-CONVS = ("conv1a", "conv2a", "conv3a", "conv3b", "conv4a", "conv4b", "conv5a", "conv5b")
 POOLS = {"conv1a": (1, 2, 2), "conv2a": (2, 2, 2), "conv3b": (2, 2, 2), "conv4b": (2, 2, 2), "conv5b": (2, 2, 2)}
-
-
-def chainer_arrays(config: c3d.C3DConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random weights in TGAN's npz naming and chainer layout, He-scaled so activations stay O(input)."""
-    rng = np.random.default_rng(seed)
-    arrays, channels_in = {}, 3
-    for name, channels in zip(CONVS, config.conv_channels):
-        scale = np.sqrt(2 / (27 * channels_in))
-        arrays[f"{name}/W"] = rng.standard_normal((channels, channels_in, 3, 3, 3), np.float32) * scale
-        arrays[f"{name}/b"] = rng.standard_normal(channels, np.float32) * 0.1
-        channels_in = channels
-    widths = (channels_in * 16, config.fc_features, config.fc_features, config.num_classes)  # pool5: 1x4x4
-    for name, features_in, features_out in zip(("fc6", "fc7", "fc8"), widths[:-1], widths[1:]):
-        arrays[f"{name}/W"] = rng.standard_normal((features_out, features_in), np.float32) * np.sqrt(2 / features_in)
-        arrays[f"{name}/b"] = rng.standard_normal(features_out, np.float32) * 0.1
-    return arrays
-
-
-def raw_mean(seed: int = 1) -> np.ndarray:
-    """A stand-in for mean2.npz['mean']: (C, T, H, W) BGR values around the Caffe mean."""
-    return (100 + 10 * np.random.default_rng(seed).standard_normal((3, 16, 128, 171))).astype(np.float32)
 
 
 def torch_c3d(arrays, x_nthwc: np.ndarray, dtype=torch.float64, flatten_channels_last: bool = False) -> np.ndarray:
@@ -190,3 +168,18 @@ def test_published_shapes_load_and_match_torch(tmp_path):
     print(f"published-shape C3D max relative error vs torch float32: {error:.2e} "
           f"({time.perf_counter() - start:.1f} s)")
     assert error < 1e-4
+
+
+def test_widths_come_from_the_file_and_other_dimensions_are_still_checked(tmp_path):
+    """load_c3d without a config builds the widths the file holds; a tensor whose input size or
+    kernel does not follow from them is still named."""
+    arrays = chainer_arrays(SMALL)
+    weights, mean_path = tmp_path / "small.npz", tmp_path / "mean2.npz"
+    np.savez(weights, **arrays)
+    np.savez(mean_path, mean=np.zeros(c3d.MEAN_SHAPE, np.float32))
+    model, _ = c3d.load_c3d(weights, mean_path)
+    assert model.conv1a.kernel[...].shape == (3, 3, 3, 3, 4) and model.fc8.kernel[...].shape == (32, 101)
+    arrays["conv2a/W"] = arrays["conv2a/W"][:, :3]  # conv2a reads 3 channels, conv1a writes 4
+    np.savez(weights, **arrays)
+    with pytest.raises(ValueError, match=r"conv2a/W \(8, 3, 3, 3, 3\) \(expected \(8, 4, 3, 3, 3\)\)"):
+        c3d.load_c3d(weights, mean_path)

@@ -20,7 +20,6 @@ import transformers
 from flax import nnx
 from PIL import Image
 from safetensors.torch import save_file
-from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from lumiere_jax.evaluation.clip import (
@@ -33,74 +32,31 @@ from lumiere_jax.evaluation.clip import (
     resized_shape,
 )
 from lumiere_jax.evaluation.network_weights import WeightsMismatch
+from metrics_helpers import IMAGE_SIZE, MAX_LENGTH, VOCAB_SIZE, hf_model, hf_tokenizer, write_checkpoint
 
-IMAGE_SIZE = 32
-MAX_LENGTH = 16
-VOCAB_SIZE = 600  # > the tokenizer's 524 ids, so random ids can exceed the EOS id
-MERGES = [("a", "t</w>"), ("c", "at</w>"), ("d", "o"), ("do", "g</w>"), ("t", "h"), ("th", "e</w>"),
-          ("p", "h"), ("ph", "o"), ("pho", "t"), ("phot", "o</w>")]
 PROMPTS = ["a photo of the cat", "A  DOG!!  jumping\tover the Moon", "",
            "the cat and the dog and the photo of a cat that is much longer than sixteen tokens"]
 REL_TOL = 1e-4
 
 
-def _hf_tokenizer() -> transformers.CLIPTokenizer:
-    """CLIP's byte-level BPE layout in small: 256 byte symbols, the same with '</w>', a few
-    merges, then <|startoftext|> and <|endoftext|> (the last id, as in OpenAI's vocabulary)."""
-    symbols = list(bytes_to_unicode().values())
-    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
-    for merge in MERGES:
-        vocab["".join(merge)] = len(vocab)
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    return transformers.CLIPTokenizer(vocab=vocab, merges=MERGES)
-
-
-def _hf_model(eos_token_id: int, hidden_act: str, seed: int) -> transformers.CLIPModel:
-    text = dict(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=MAX_LENGTH, hidden_act=hidden_act,
-                eos_token_id=eos_token_id, bos_token_id=eos_token_id - 1, pad_token_id=eos_token_id)
-    vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=IMAGE_SIZE, patch_size=8, hidden_act=hidden_act)
-    config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
-    config._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    model = transformers.CLIPModel(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    return model
-
-
 @pytest.fixture(scope="module")
 def tokenizer_hf():
-    return _hf_tokenizer()
-
-
-def _write_checkpoint(directory, model, tokenizer, with_position_ids=False):
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    if with_position_ids:  # what checkpoints converted from old pytorch_model.bin files hold
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        state["text_model.embeddings.position_ids"] = torch.arange(MAX_LENGTH)[None]
-        state["vision_model.embeddings.position_ids"] = torch.arange((IMAGE_SIZE // 8) ** 2 + 1)[None]
-        save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-    return directory
+    return hf_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def modern(tmp_path_factory, tokenizer_hf):
     eos = tokenizer_hf.eos_token_id
-    model = _hf_model(eos, "quick_gelu", seed=0)
-    directory = _write_checkpoint(tmp_path_factory.mktemp("clip_modern"), model, tokenizer_hf)
+    model = hf_model(eos, "quick_gelu", seed=0)
+    directory = write_checkpoint(tmp_path_factory.mktemp("clip_modern"), model, tokenizer_hf)
     ours, tokenizer = load_clip(directory)
     return model, ours, tokenizer, directory
 
 
 @pytest.fixture(scope="module")
 def legacy(tmp_path_factory, tokenizer_hf):
-    model = _hf_model(2, "gelu", seed=1)
-    directory = _write_checkpoint(tmp_path_factory.mktemp("clip_legacy"), model, tokenizer_hf, with_position_ids=True)
+    model = hf_model(2, "gelu", seed=1)
+    directory = write_checkpoint(tmp_path_factory.mktemp("clip_legacy"), model, tokenizer_hf, with_position_ids=True)
     ours, tokenizer = load_clip(directory)
     return model, ours, tokenizer, directory
 

@@ -59,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import zipfile
+from typing import Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -89,6 +90,17 @@ class C3DConfig:
     conv_channels: tuple[int, ...] = (64, 128, 256, 256, 512, 512, 512, 512)  # in CONV_NAMES order
     fc_features: int = 4096
     num_classes: int = 101
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "C3DConfig":
+        """The widths a TGAN-layout file holds (each layer's output size), so a file of the published
+        network builds the published network and a small test file a small one; every other dimension
+        (inputs, kernel sizes, fc6's 8192 = 512·1·4·4 inputs) is still checked against them when the
+        file is loaded. A layer the file lacks keeps the published width, and the loader names it."""
+        default = cls()
+        out = lambda name, width: int(arrays[name].shape[0]) if getattr(arrays.get(name), "ndim", 0) else width  # noqa: E731
+        return cls(conv_channels=tuple(out(f"{n}/W", w) for n, w in zip(CONV_NAMES, default.conv_channels)),
+                   fc_features=out("fc6/W", default.fc_features), num_classes=out("fc8/W", default.num_classes))
 
 
 def _cover_all_size(n: int, k: int) -> int:
@@ -247,11 +259,13 @@ def fill_c3d(model: C3D, arrays: dict[str, np.ndarray], source: str) -> None:
     assign_arrays(model, {name: _from_chainer(arrays[_chainer_key(name)]) for name in ours}, source, kind=nnx.Param)
 
 
-def load_c3d(weights_path, mean_path, config: C3DConfig = C3DConfig()) -> tuple[C3D, np.ndarray]:
+def load_c3d(weights_path, mean_path, config: Optional[C3DConfig] = None) -> tuple[C3D, np.ndarray]:
     """(C3D filled from TGAN's conv3d_deepnetA_ucf.npz, the prepared (16, 112, 112, 3) mean from
     mean2.npz) ready for `model(preprocess_for_c3d(videos, mean))`. The network is built abstractly
-    (no random initialisation of its 78M parameters) and then filled from the file."""
+    (no random initialisation of its 78M parameters) and then filled from the file; `config` None
+    takes the widths from the file (C3DConfig.from_arrays)."""
     arrays = _read_npz(weights_path, "the C3D weights (TGAN's conv3d_deepnetA_ucf.npz)")
+    config = config or C3DConfig.from_arrays(arrays)
     stored = _read_npz(mean_path, "the C3D mean (TGAN's mean2.npz)")
     if "mean" not in stored:
         raise ValueError(f"{mean_path} has no array 'mean' (it holds {sorted(stored)}): expected TGAN's mean2.npz")
