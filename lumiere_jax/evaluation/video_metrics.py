@@ -125,7 +125,7 @@ class FVD:
         if not self.e.reference:
             raise FileNotFoundError(f"eval.reference_stats={path} does not exist and no eval.reference is set to "
                                     "compute it from")
-        reference = open_video_set(self.e.reference)
+        reference = open_video_set(self.e.reference, self.e.num_frames)
         stats = self.statistics(reference, "fvd reference", progress, self.e.num_reference)
         save_stats(path, stats, {**expected, "reference": self.e.reference})
         return stats.mean, stats.covariance, {"num_reference": stats.count, "stats_file": str(path), "cached": False,

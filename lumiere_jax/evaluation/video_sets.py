@@ -38,11 +38,17 @@ def unit_frames(frames: np.ndarray) -> np.ndarray:
     return frames.astype(np.float32) / 255.0
 
 
-def read_video(path) -> np.ndarray:
-    """Every frame of a video file as (T, H, W, 3) uint8; ValueError naming the file when it cannot be decoded."""
+def read_video(path, max_frames: Optional[int] = None) -> np.ndarray:
+    """The frames of a video file (the first `max_frames`: a metric needs only those, and decoding a
+    long film to the end would dominate an evaluation) as (T, H, W, 3) uint8; ValueError naming the
+    file when it cannot be decoded."""
     try:
         with av.open(str(path)) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            frames = []
+            for frame in container.decode(video=0):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
     except (av.error.FFmpegError, IndexError, ValueError) as e:  # IndexError: no video stream
         raise ValueError(f"{path} is not a readable video ({type(e).__name__}: {e})") from e
     if not frames:
@@ -108,8 +114,9 @@ class VideoSet(abc.ABC):
 
 
 class FolderSet(VideoSet):
-    def __init__(self, directory: pathlib.Path):
+    def __init__(self, directory: pathlib.Path, max_frames: Optional[int] = None):
         super().__init__(f"videos in {directory}")
+        self.max_frames = max_frames
         self.paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
         if not self.paths:
             raise ValueError(f"{directory} holds no videos ({', '.join(VIDEO_SUFFIXES)})")
@@ -117,7 +124,7 @@ class FolderSet(VideoSet):
     def __iter__(self):
         for path in self.paths:
             try:
-                yield Clip(path.name, unit_frames(read_video(path)))
+                yield Clip(path.name, unit_frames(read_video(path, self.max_frames)))
             except ValueError as e:
                 self.skip(str(path), str(e))
 
@@ -154,13 +161,31 @@ class SampledSet(VideoSet):
                 self.skip(str(sample.get("npz", f"#{index}")), str(e))
 
 
-def open_video_set(spec: str) -> VideoSet:
-    """A folder of videos, or a glob of ArrayRecord clip shards (e.g. 'data/ucf101/test-*.array_record')."""
+class ClipList(VideoSet):
+    """Clips already in memory (cut from long videos, rendered by a script)."""
+
+    def __init__(self, description: str, clips: list[Clip]):
+        super().__init__(description)
+        self.clips = clips
+
+    def __iter__(self):
+        return iter(self.clips)
+
+
+def split_into_clips(name: str, frames: np.ndarray, num_frames: int) -> list[Clip]:
+    """The consecutive non-overlapping `num_frames`-frame clips of one long (T, H, W, 3) uint8 video."""
+    return [Clip(f"{name}[{start}:{start + num_frames}]", unit_frames(frames[start:start + num_frames]))
+            for start in range(0, frames.shape[0] - num_frames + 1, num_frames)]
+
+
+def open_video_set(spec: str, max_frames: Optional[int] = None) -> VideoSet:
+    """A folder of videos (of which the first `max_frames` frames are decoded), or a glob of ArrayRecord
+    clip shards (e.g. 'data/ucf101/test-*.array_record')."""
     if not spec:
         raise ValueError("no reference videos: set eval.reference to a folder of videos or a glob of clip shards")
     path = pathlib.Path(spec)
     if path.is_dir():
-        return FolderSet(path)
+        return FolderSet(path, max_frames)
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
         raise ValueError(f"eval.reference={spec!r} is one video; give the folder that holds the reference videos")
     return ShardSet(spec)
