@@ -77,6 +77,14 @@ def combos(kind: str, split: str, patterns: Sequence[tuple[str, str, str]]) -> l
     return [c for c in every if is_heldout(c, patterns) == (split == "heldout")]
 
 
+def seen_prompts(heldout: str, count: int) -> list[str]:
+    """`count` trained-on combinations spread evenly over the grid of colours, shapes and directions."""
+    patterns = parse_heldout(heldout)
+    grid = [(c, s, d) for c in COLORS for s in SHAPES for d in DIRECTIONS if not is_heldout((c, s, d), patterns)]
+    picks = np.linspace(0, len(grid) - 1, count).round().astype(int)
+    return [caption(*grid[i]) for i in picks]
+
+
 def shape_mask(shape: str, size: int, cx: float, cy: float, r: float) -> np.ndarray:
     """Pixels (sampled at their centres) inside a shape of circumradius r centred at (cx, cy),
     all in pixels. The triangle is equilateral, pointing up, centroid at the centre, so the

@@ -13,14 +13,13 @@ import json
 import pathlib
 import sys
 
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from checkpoint_card import run_card  # noqa: E402  (scripts/ is this script's path)
 from configs.demo import TARGETS
-from data_pipelines.synthetic import COLORS, DIRECTIONS, SHAPES, caption, is_heldout, parse_heldout
+from data_pipelines.synthetic import caption, parse_heldout, seen_prompts
 from lumiere_jax.evaluation.job import evaluate_samples, summary
 from lumiere_jax.sample.job import sample
 
@@ -32,14 +31,6 @@ flags.DEFINE_integer("per_prompt", 8, "Samples per held-out prompt.")
 flags.DEFINE_integer("num_seen", 12, "Seen (trained-on) combinations sampled twice each, for comparison.")
 flags.DEFINE_string("train_command", "", "The exact training command, as run.")
 FLAGS = flags.FLAGS
-
-
-def seen_prompts(heldout: str, count: int) -> list[str]:
-    """`count` trained-on combinations spread evenly over the grid of colours, shapes and directions."""
-    patterns = parse_heldout(heldout)
-    combos = [(c, s, d) for c in COLORS for s in SHAPES for d in DIRECTIONS if not is_heldout((c, s, d), patterns)]
-    picks = np.linspace(0, len(combos) - 1, count).round().astype(int)
-    return [caption(*combos[i]) for i in picks]
 
 
 def sample_and_score(config, prompts: list[str], directory: pathlib.Path, image_mode: bool) -> dict:

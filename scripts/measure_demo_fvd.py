@@ -8,7 +8,8 @@ The prompts are the config's held-out combinations --per_prompt times and --num_
 combinations twice each. They are sampled with the STUNet and with the frame-wise baseline (every
 temporal module bypassed, sample.image_mode), and compared with real clips of the same prompts
 rendered by data_pipelines.synthetic (new random sizes and paths). A second draw of real clips
-gives the floor: the FVD of real against real at this N, which no model can beat. Writes
+gives the floor: the FVD of real against real at this N, which no model can beat; a third, its frames
+put in random order, shows how much of the distance the motion alone accounts for. Writes
 OUT/report.json and prints a markdown table.
 """
 import copy
@@ -21,8 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from evaluate_demo_checkpoint import seen_prompts  # noqa: E402  (scripts/ is this script's path)
-from data_pipelines.synthetic import caption, parse_heldout, render_clip  # noqa: E402
+from data_pipelines.synthetic import caption, parse_heldout, render_clip, seen_prompts  # noqa: E402
 from lumiere_jax.data.schema import ClipRecord  # noqa: E402
 from lumiere_jax.data.shards import ShardWriter  # noqa: E402
 from lumiere_jax.evaluation.synthetic import parse_prompt  # noqa: E402
@@ -37,15 +37,18 @@ flags.DEFINE_string("out", "workdir/demo_fvd", "Directory for the clips, the ref
 FLAGS = flags.FLAGS
 
 
-def write_real_clips(prompts: list[str], path: pathlib.Path, seed: int, num_frames: int, size: int) -> None:
-    """One rendered clip per prompt (the training data's distribution of sizes and paths) into a shard."""
+def write_real_clips(prompts: list[str], path: pathlib.Path, seed: int, num_frames: int, size: int,
+                     shuffle: bool = False) -> None:
+    """One rendered clip per prompt (the training data's distribution of sizes and paths) into a shard;
+    `shuffle` puts each clip's frames in a random order (every frame real, the motion destroyed)."""
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with ShardWriter(str(path), codec="raw") as writer:
         for i, prompt in enumerate(prompts):
             target = parse_prompt(prompt)
             stacks, _, _ = render_clip((target.color, target.shape, target.direction), rng, num_frames, [size])
-            writer.write(ClipRecord(f"real-{seed}-{i:04d}", prompt, stacks[size], 16.0))
+            frames = stacks[size][rng.permutation(num_frames)] if shuffle else stacks[size]
+            writer.write(ClipRecord(f"real-{seed}-{i:04d}", prompt, frames, 16.0))
 
 
 def main(argv):
@@ -55,8 +58,8 @@ def main(argv):
     heldout = [caption(*combo) for combo in parse_heldout(config.eval.heldout)]
     prompts = heldout * FLAGS.per_prompt + seen_prompts(config.eval.heldout, FLAGS.num_seen) * 2
     frames, size = config.data.num_frames, config.data.resolution
-    for seed in (1, 2):
-        write_real_clips(prompts, out / f"real_{seed}" / "real-00000-of-00001.array_record", seed, frames, size)
+    for seed, name, shuffle in ((1, "real_1", False), (2, "real_2", False), (3, "shuffled", True)):
+        write_real_clips(prompts, out / name / "real-00000-of-00001.array_record", seed, frames, size, shuffle)
     config.eval.update(reference=str(out / "real_1" / "*.array_record"), num_frames=frames, batch_size=8,
                        reference_stats="")
     config.sample.prompts, config.sample.prompts_file = prompts, ""
@@ -68,8 +71,10 @@ def main(argv):
         sample(cfg, directory)
         fvd = network_metrics(cfg, SampledSet(directory), out, ["fvd"])["fvd"]
         rows.append({"model": name, **fvd})
-    floor = network_metrics(config, ShardSet(str(out / "real_2" / "*.array_record")), out, ["fvd"])["fvd"]
-    rows.append({"model": "real clips, second draw (the floor at this N)", **floor})
+    for name, label in (("real_2", "real clips, second draw (the floor at this N)"),
+                        ("shuffled", "real clips, frames in random order (real frames, no motion)")):
+        rows.append({"model": label, **network_metrics(config, ShardSet(str(out / name / "*.array_record")), out,
+                                                       ["fvd"])["fvd"]})
     s = config.sample
     setup = {"base_checkpoint": s.base_checkpoint, "sampler": s.sampler, "num_steps": s.num_steps,
              "guidance_scale": s.guidance_scale, "seed": s.seed, "num_clips": len(prompts), "frames": frames,

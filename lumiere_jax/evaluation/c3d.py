@@ -98,7 +98,10 @@ class C3DConfig:
         (inputs, kernel sizes, fc6's 8192 = 512·1·4·4 inputs) is still checked against them when the
         file is loaded. A layer the file lacks keeps the published width, and the loader names it."""
         default = cls()
-        out = lambda name, width: int(arrays[name].shape[0]) if getattr(arrays.get(name), "ndim", 0) else width  # noqa: E731
+
+        def out(name: str, width: int) -> int:
+            return int(arrays[name].shape[0]) if getattr(arrays.get(name), "ndim", 0) else width
+
         return cls(conv_channels=tuple(out(f"{n}/W", w) for n, w in zip(CONV_NAMES, default.conv_channels)),
                    fc_features=out("fc6/W", default.fc_features), num_classes=out("fc8/W", default.num_classes))
 

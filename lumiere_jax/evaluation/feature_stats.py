@@ -68,7 +68,8 @@ def save_stats(path, stats: FeatureStats, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "num_samples": stats.count}
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, mean=stats.mean, covariance=stats.covariance, **{META_KEY: np.array(json.dumps(meta, sort_keys=True))})
+    np.savez(tmp, mean=stats.mean, covariance=stats.covariance,
+             **{META_KEY: np.array(json.dumps(meta, sort_keys=True))})
     tmp.replace(path)  # a killed run leaves no half-written statistics behind
 
 

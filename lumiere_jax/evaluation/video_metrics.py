@@ -51,7 +51,8 @@ def check_eval_config(e, metrics: list[str]) -> None:
     if "fvd" in metrics and e.fvd_feature not in FVD_FEATURES:
         raise ValueError(f"eval.fvd_feature={e.fvd_feature!r}: choose {' or '.join(FVD_FEATURES)}")
     if "fvd" in metrics and not e.reference and not e.reference_stats:
-        raise ValueError("eval.metrics has fvd but neither eval.reference (real videos) nor eval.reference_stats is set")
+        raise ValueError("eval.metrics has fvd but neither eval.reference (real videos) nor eval.reference_stats "
+                         "is set")
     if "is" in metrics and (not e.c3d_weights or not e.c3d_mean):
         raise ValueError("eval.metrics has is: set eval.c3d_weights (TGAN's conv3d_deepnetA_ucf.npz) and "
                          "eval.c3d_mean (its mean2.npz)")
@@ -197,8 +198,8 @@ def metrics_table(reports: dict, skipped: Optional[list] = None) -> str:
     lines = []
     if "fvd" in reports:
         r = reports["fvd"]
-        lines.append(f"FVD {r['fvd']:.2f}  ({r['num_samples']} samples vs {r['reference']['num_reference']} reference clips, "
-                     f"{r['num_frames']} frames, I3D {r['feature']})")
+        lines.append(f"FVD {r['fvd']:.2f}  ({r['num_samples']} samples vs {r['reference']['num_reference']} "
+                     f"reference clips, {r['num_frames']} frames, I3D {r['feature']})")
     if "is" in reports:
         r = reports["is"]
         lines.append(f"IS  {r['inception_score']:.2f} ± {r['std']:.2f}  ({r['num_samples']} samples, "
