@@ -18,7 +18,7 @@ import pathlib
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -53,6 +53,7 @@ def write_real_clips(prompts: list[str], path: pathlib.Path, seed: int, num_fram
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
     config = copy.deepcopy(FLAGS.config)
     out = pathlib.Path(FLAGS.out)
     heldout = [caption(*combo) for combo in parse_heldout(config.eval.heldout)]
