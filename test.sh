@@ -2,7 +2,7 @@
 # Runs the whole test suite on a fresh machine: installs what it needs, then pytest on 8 fake CPU devices.
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/ensure_env.sh test,seqio,tfds,tpu-aot,metrics
+scripts/ensure_env.sh test,seqio,tfds,tpu-aot,metrics,c2pa
 # shellcheck lints the launch scripts (tests/test_launch.py); a Debian package, installed once.
 if ! command -v shellcheck >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

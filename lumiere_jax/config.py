@@ -125,6 +125,27 @@ def eval_config() -> ml_collections.ConfigDict:
     return e
 
 
+def provenance_config() -> ml_collections.ConfigDict:
+    """What the sampling job puts on every clip it writes (lumiere_jax/provenance, README "Provenance")."""
+    p = ml_collections.ConfigDict()
+    p.watermark = True  # an invisible watermark in every frame; False writes unmarked files (the job says so)
+    p.watermark_key = "lumiere_jax"  # the mark's pattern derives from it: --mode=verify needs the same key
+    p.watermark_strength = 64.0  # lattice step of the blocks' largest singular values: larger survives more
+    # compression and costs more PSNR (64: ~40 dB)
+    p.signing_key = ""  # C2PA: a PEM private key (EC P-256/384/521, RSA or Ed25519); '': the MP4s are not signed
+    p.certificate_chain = ""  # C2PA: PEM certificates, the signing one first, then its CA (make-dev-cert writes one)
+    p.include_prompt = False  # True: the signed manifest also states the prompt (and negative prompt)
+    return p
+
+
+def verify_config() -> ml_collections.ConfigDict:
+    """`--mode=verify`: watermark and Content Credentials of videos (provenance.watermark_key reads the mark)."""
+    v = ml_collections.ConfigDict()
+    v.input = ""  # a video file, or a directory searched for videos
+    v.trust_anchors = ""  # PEM CA certificates whose signers read as trusted ('': none, signers read as unknown)
+    return v
+
+
 def demo_config() -> ml_collections.ConfigDict:
     """`--mode=demo`: sample the committed checkpoint, then train from scratch for a few steps."""
     d = ml_collections.ConfigDict()
@@ -259,6 +280,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.ssr = ssr_config()
     c.eval = eval_config()
     c.demo = demo_config()
+    c.provenance = provenance_config()
+    c.verify = verify_config()
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # within a slice; one -1
     c.mesh.dcn = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})  # across slices (multi-slice)

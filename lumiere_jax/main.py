@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("model_report", "train", "export", "sample", "compile_report", "eval", "demo")
+MODES = ("model_report", "train", "export", "sample", "compile_report", "eval", "demo", "verify")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/stunet_tiny.py[:ARG].")
@@ -123,8 +123,22 @@ def run_demo(config, workdir: pathlib.Path) -> None:
     print(describe(demo(config, workdir), workdir))
 
 
+def run_verify(config, workdir: pathlib.Path) -> None:
+    """Watermark and Content Credentials of config.verify.input: a table on stdout, the JSON report in workdir."""
+    from lumiere_jax.provenance.verify import REPORT_NAME, verify
+
+    try:
+        report, text = verify(config)
+    except ValueError as e:
+        _fail(f"cannot verify {config.verify.input or 'verify.input'}: {e}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / REPORT_NAME).write_text(json.dumps(report, indent=2))
+    print(text)
+    print(f"wrote {workdir / REPORT_NAME}", file=sys.stderr)
+
+
 RUNNERS = {"model_report": run_model_report, "train": run_train, "export": run_export, "sample": run_sample,
-           "compile_report": run_compile_report, "eval": run_eval, "demo": run_demo}
+           "compile_report": run_compile_report, "eval": run_eval, "demo": run_demo, "verify": run_verify}
 
 
 def main(argv: list[str]) -> None:

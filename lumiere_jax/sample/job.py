@@ -31,6 +31,8 @@ from lumiere_jax.models.unet import UNet, UNetConfig
 from lumiere_jax.diffusion.samplers import sdedit_steps
 from lumiere_jax.models.weights import check_style_alpha, interpolate_spatial, load_weights
 from lumiere_jax.parallel import batch_shard_count, batch_sharding, create_sharded, logical_axis_rules, mesh_from_config
+from lumiere_jax.provenance.fingerprint import model_sha256
+from lumiere_jax.provenance.stamp import Stamp
 from lumiere_jax.sample.generate import generate, paste_known
 from lumiere_jax.sample.masks import KNOWN_CHANNELS, known_input
 from lumiere_jax.sample.tasks import build_known, check_task, load_inputs, load_requests
@@ -225,6 +227,7 @@ def sample(config, workdir) -> dict:
     if s.task in UNKNOWN_TASKS and base.model_config.conditioning_channels == 0:
         known = None  # a text-to-video checkpoint has no <C, M> input; a conditional one reads "nothing known"
     check_style(s)
+    stamp = Stamp(config.provenance)
     mesh = mesh_from_config(config.mesh)
     rules = logical_axis_rules(config.mesh.rules)
     timings = {}
@@ -246,6 +249,7 @@ def sample(config, workdir) -> dict:
 
     start = time.perf_counter()
     model = base.build(mesh, rules)
+    stamp.checkpoints["base"] = model_sha256(model)  # before a style changes its spatial weights
     style = interpolate_spatial(model, s.style_checkpoint, s.style_alpha) if s.style_checkpoint else None
     base_runner = StageRunner(model, base.sampling_config(config), frames, size, train_frames, s.window_overlap,
                               mesh, rules, image_mode=s.image_mode, replacement=replacement)
@@ -256,10 +260,13 @@ def sample(config, workdir) -> dict:
         videos[rows] = out[: len(rows)]
     timings["base_seconds"] = time.perf_counter() - start
 
+    output_known = known  # the known pixels at the output's size: the watermark leaves them as they are
     if ssr is not None:
         start = time.perf_counter()
         high_size = ssr.config.data.hires_resolution
-        runner = StageRunner(ssr.build(mesh, rules), ssr.sampling_config(config), frames, high_size,
+        ssr_model = ssr.build(mesh, rules)
+        stamp.checkpoints["ssr"] = model_sha256(ssr_model)
+        runner = StageRunner(ssr_model, ssr.sampling_config(config), frames, high_size,
                              ssr.config.ssr.window, ssr.config.ssr.overlap, mesh, rules,
                              aug=ssr.config.ssr.sample_aug_logsnr)
         lowres_all = np.asarray(upsample(jnp.asarray(videos), high_size,
@@ -272,25 +279,28 @@ def sample(config, workdir) -> dict:
             high[rows] = out[: len(rows)]
         videos = high
         if s.task not in UNKNOWN_TASKS:  # the input's known pixels, fitted to the output size, pasted in after SSR too
-            videos = np.asarray(paste_known(videos, known_inputs(s.task, loaded, high_size, frames, size)[0]))
+            output_known = known_inputs(s.task, loaded, high_size, frames, size)[0]
+            videos = np.asarray(paste_known(videos, output_known))
         timings["ssr_seconds"] = time.perf_counter() - start
 
-    records = write_outputs(workdir, prompts, videos, s.fps) if jax.process_index() == 0 else []
+    settings = {"sampler": s.sampler, "num_steps": s.num_steps, "guidance_scale": s.guidance_scale,
+                "threshold_percentile": s.threshold_percentile, "threshold_max": s.threshold_max,
+                "seed": s.seed, "num_frames": frames,
+                "base_checkpoint": str(base.path), "ssr_checkpoint": str(ssr.path) if ssr else None,
+                "fps": s.fps, "image_mode": s.image_mode, "task": s.task,
+                "task_method": s.task_method if s.task not in UNKNOWN_TASKS else None,
+                "paste_known": s.task not in UNKNOWN_TASKS,
+                "strength": s.strength if s.task == "edit" else None, "style": style,
+                "provenance": stamp.describe()}
+    generations = [stamp.generation(settings, r.prompt, r.negative_prompt, i) for i, r in enumerate(requests)]
+    keep = [None] * len(prompts) if s.task in UNKNOWN_TASKS else output_known[..., 3] > 0.5
+    records = []
+    if jax.process_index() == 0:
+        records = write_outputs(workdir, prompts, videos, s.fps, stamp, generations, keep)
     for record, info, request in zip(records, task_info, requests):
         record["task_inputs"] = info
         record["negative_prompt"] = request.negative_prompt or None
-    report = {
-        "samples": records,
-        "settings": {"sampler": s.sampler, "num_steps": s.num_steps, "guidance_scale": s.guidance_scale,
-                     "threshold_percentile": s.threshold_percentile, "threshold_max": s.threshold_max,
-                     "seed": s.seed, "num_frames": frames,
-                     "base_checkpoint": str(base.path), "ssr_checkpoint": str(ssr.path) if ssr else None,
-                     "fps": s.fps, "image_mode": s.image_mode, "task": s.task,
-                     "task_method": s.task_method if s.task not in UNKNOWN_TASKS else None,
-                     "paste_known": s.task not in UNKNOWN_TASKS,
-                     "strength": s.strength if s.task == "edit" else None, "style": style},
-        "timings": {k: round(v, 2) for k, v in timings.items()},
-    }
+    report = {"samples": records, "settings": settings, "timings": {k: round(v, 2) for k, v in timings.items()}}
     if jax.process_index() == 0:
         (workdir / "samples.json").write_text(json.dumps(report, indent=2))
     return report
@@ -339,16 +349,21 @@ def known_inputs(task: str, loaded: list, size: int, frames: int, base_size: int
     return np.stack(known), np.stack(clips), info
 
 
-def write_outputs(workdir: pathlib.Path, prompts: list[str], videos: np.ndarray, fps: float) -> list[dict]:
+def write_outputs(workdir: pathlib.Path, prompts: list[str], videos: np.ndarray, fps: float, stamp: Stamp,
+                  generations: list[dict], keep) -> list[dict]:
+    """Every clip as MP4 (signed when a signer is configured), GIF, NPZ and PNG, all from its watermarked frames
+    (`keep`: per clip, the known pixels the mark leaves as they are, or None)."""
     workdir.mkdir(parents=True, exist_ok=True)
     records = []
-    for i, (prompt, video) in enumerate(zip(prompts, videos)):
+    for i, (prompt, video, generation, known) in enumerate(zip(prompts, videos, generations, keep)):
         name = slug(prompt, i)
-        frames = to_uint8(video)
+        frames, watermark = stamp.mark(to_uint8(video), known)
         paths = {ext: workdir / f"{name}.{ext}" for ext in ("mp4", "gif", "npz", "png")}
         write_mp4(paths["mp4"], frames, fps)
+        c2pa = stamp.sign(paths["mp4"], generation)
         write_gif(paths["gif"], enlarge(frames), fps)
         np.savez_compressed(paths["npz"], frames=frames)
         write_png(paths["png"], contact_sheet(enlarge(frames)))
-        records.append({"prompt": prompt, "index": i, "seed_index": i, **{k: str(v) for k, v in paths.items()}})
+        records.append({"prompt": prompt, "index": i, "seed_index": i, **{k: str(v) for k, v in paths.items()},
+                        "watermark": watermark, "c2pa": c2pa})
     return records

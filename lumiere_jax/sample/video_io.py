@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -33,8 +34,9 @@ def write_gif(path: pathlib.Path, frames: np.ndarray, fps: float) -> None:
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(round(1000 / fps)), loop=0)
 
 
-def write_mp4(path: pathlib.Path, frames: np.ndarray, fps: float) -> None:
-    """frames: uint8 (T, H, W, 3) -> H.264 MP4 with PyAV (bundled FFmpeg; no system ffmpeg needed)."""
+def write_mp4(path: pathlib.Path, frames: np.ndarray, fps: float, crf: Optional[int] = None) -> None:
+    """frames: uint8 (T, H, W, 3) -> H.264 MP4 with PyAV (bundled FFmpeg; no system ffmpeg needed); crf: libx264's
+    constant rate factor (None: its default, 23; higher compresses more)."""
     import av
     from fractions import Fraction
 
@@ -43,6 +45,8 @@ def write_mp4(path: pathlib.Path, frames: np.ndarray, fps: float) -> None:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height = w + w % 2, h + h % 2  # yuv420p needs even sizes
         stream.pix_fmt = "yuv420p"
+        if crf is not None:
+            stream.options = {"crf": str(crf)}
         for frame in frames:
             if frame.shape[:2] != (stream.height, stream.width):
                 frame = np.pad(frame, ((0, stream.height - h), (0, stream.width - w), (0, 0)), mode="edge")
