@@ -51,6 +51,7 @@ class SigningCredentials:
             key = serialization.load_pem_private_key(key_pem, password=None)
         except (ValueError, TypeError) as e:
             raise ValueError(f"provenance.signing_key {key_path} is not an unencrypted PEM private key ({e})") from e
+        algorithm = signing_algorithm(key, key_path)
         try:
             chain = x509.load_pem_x509_certificates(chain_pem)
         except ValueError as e:
@@ -64,8 +65,7 @@ class SigningCredentials:
             raise ValueError(f"provenance.signing_key {key_path} is not the key of the first certificate in "
                              f"provenance.certificate_chain {chain_path} ({chain[0].subject.rfc4514_string()})")
         names = chain[0].subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
-        return cls(key_pem, chain_pem, signing_algorithm(key, key_path),
-                   names[0].value if names else chain[0].subject.rfc4514_string())
+        return cls(key_pem, chain_pem, algorithm, names[0].value if names else chain[0].subject.rfc4514_string())
 
 
 def _read(path: str, what: str) -> bytes:

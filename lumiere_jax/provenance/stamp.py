@@ -105,7 +105,13 @@ def signer_of(p) -> tuple[cc.SigningCredentials | None, str]:
     if cc.c2pa_module() is None:
         return None, f"c2pa-python is not installed ({cc.INSTALL_HINT})"
     credentials = cc.SigningCredentials.load(p.signing_key, p.certificate_chain)
-    try_signing(credentials)
+    try:
+        try_signing(credentials)
+    except ValueError as e:
+        raise ValueError(f"provenance.certificate_chain {p.certificate_chain} is refused by C2PA ({e}): it needs an "
+                         "end-entity certificate (not a CA; key usage digitalSignature; extended key usage "
+                         "emailProtection; subject and authority key identifiers) followed by its CA, as make-dev-cert "
+                         "writes") from e
     return credentials, ""
 
 
