@@ -177,15 +177,16 @@ def ll_blocks(cb: np.ndarray) -> np.ndarray:
 def rgb_change(rgb: np.ndarray, cb_change: np.ndarray) -> np.ndarray:
     """(T, H, W, 3) float RGB and (T, H, W) Cb changes -> the RGB changes that make them inside [0, 255].
 
-    The change keeps luma and Cr where it fits; where it would leave the range (black cannot lose blue,
-    white cannot gain it) it is scaled down to fit and the rest moves red and green instead, as far as
-    they can go: pure black and white regions then still carry the mark, at a small luma cost.
+    The change keeps luma and Cr where it fits (it moves blue one way and green a little the other way);
+    where it would leave the range (black cannot lose blue, white cannot gain it) it is scaled down to fit
+    and the rest moves red and green instead: pure black and white regions then still carry the mark, at
+    a small luma cost.
     """
-    ideal = cb_change[..., None] * _RGB_PER_CB
-    with np.errstate(divide="ignore", invalid="ignore"):
-        room = np.where(ideal > 0, (255.0 - rgb) / ideal, np.where(ideal < 0, -rgb / ideal, np.inf))
-    fits = np.clip(room.min(axis=-1), 0.0, 1.0)
-    return fits[..., None] * ideal + ((1.0 - fits) * cb_change)[..., None] * _RGB_PER_CB_FALLBACK
+    up = cb_change > 0
+    room = np.minimum(np.where(up, 255.0 - rgb[..., 2], rgb[..., 2]) / _RGB_PER_CB[2],
+                      np.where(up, rgb[..., 1], 255.0 - rgb[..., 1]) / -_RGB_PER_CB[1])
+    fits = np.clip(room / np.maximum(np.abs(cb_change), 1e-9), 0.0, 1.0)
+    return (fits * cb_change)[..., None] * _RGB_PER_CB + ((1.0 - fits) * cb_change)[..., None] * _RGB_PER_CB_FALLBACK
 
 
 def pixel_change(change: np.ndarray, shape: tuple) -> np.ndarray:
