@@ -3,6 +3,7 @@ sampling job marking and signing its outputs, and `--mode=verify` reading both b
 import importlib.util
 import json
 import pathlib
+import re
 
 import numpy as np
 import ml_collections
@@ -23,7 +24,7 @@ from lumiere_jax.provenance.stamp import Stamp
 from lumiere_jax.provenance.verify import find_videos, original_size, verify
 from lumiere_jax.provenance.watermark import DEFAULT_STRENGTH, MIN_RELIABLE_SIDE, Watermark, payload
 from lumiere_jax.sample.job import sample
-from lumiere_jax.sample.video_io import enlarge, write_gif, write_mp4
+from lumiere_jax.sample.video_io import enlarge, write_gif, write_lossless_video, write_mp4
 from sample_helpers import export_random, sample_config
 from train_helpers import train_config
 
@@ -246,12 +247,14 @@ def test_verify_bad_inputs(tmp_path, signed_run, footage, repo_root):
     config.verify.input = str(corrupt)
     with pytest.raises(ValueError, match="no file could be read: .*corrupt.mp4 is not a readable video"):
         verify(config)
-    write_mp4(corrupt.parent / "plain.mp4", fit(footage[0], 128), 16.0)  # one good file: the bad one is listed
+    write_mp4(corrupt.parent / "plain.mp4", fit(footage[0], 128), 16.0)  # good files: the bad one is listed
+    write_lossless_video(corrupt.parent / "lossless.mkv", fit(footage[1][:2], 32), 16.0)
     config.verify.input = str(corrupt.parent)
     report, table = verify(config)
     entries = {pathlib.Path(f["file"]).name: f for f in report["files"]}
-    assert "not a readable video" in entries["corrupt.mp4"]["error"] and "corrupt.mp4  unreadable" in table
+    assert "not a readable video" in entries["corrupt.mp4"]["error"] and re.search(r"corrupt.mp4 +unreadable", table)
     assert entries["plain.mp4"]["watermark"]["found"] is False and entries["plain.mp4"]["c2pa"]["state"] == "none"
+    assert entries["lossless.mkv"]["c2pa"] == {"state": "none", "reason": "C2PA does not cover .mkv files"}
     config.verify.trust_anchors = str(signed_run["certs"]["key"])
     with pytest.raises(ValueError, match="verify.trust_anchors .*signer_key.pem holds no PEM certificate"):
         verify(config)

@@ -136,6 +136,8 @@ def read_manifest(path: pathlib.Path, trust_anchors_pem: str) -> dict:
             with reader:
                 state, results, store = (reader.get_validation_state(), reader.get_validation_results(),
                                          json.loads(reader.json()))
+    except c2pa.C2paError.NotSupported:
+        return {"state": "none", "reason": f"C2PA does not cover {path.suffix or 'this'} files"}
     except c2pa.C2paError as e:
         return {"state": "invalid", "failures": [f"unreadable: {e}"]}
     active = store.get("manifests", {}).get(store.get("active_manifest"), {})

@@ -71,6 +71,7 @@ class Detection:
 
     @property
     def found(self) -> bool:
+        """The decision: enough tag bits that chance is ruled out (FOUND_TAG_BITS)."""
         return self.tag_share * TAG_BITS >= FOUND_TAG_BITS
 
     @property
@@ -79,6 +80,7 @@ class Detection:
         return np.packbits(self.bits[TAG_BITS:]).tobytes().hex() if self.found else None
 
     def to_json(self) -> dict:
+        """The report's account (reliable_size: the frames are at least MIN_RELIABLE_SIDE on each side)."""
         return {"found": self.found, "tag_bits_recovered": round(self.tag_share, 4),
                 "checkpoint_sha256_prefix": self.checkpoint_hash, "frames": self.frames, "blocks_read": self.blocks,
                 "reliable_size": self.side >= MIN_RELIABLE_SIDE}
@@ -103,17 +105,16 @@ class Watermark:
         """uint8 (T, H, W, 3) -> the same frames carrying payload(checkpoint_sha256). `keep` (T, H, W) bool:
         pixels left exactly as they are (a conditional task's known pixels: the user's input, not generated)."""
         frames = check_frames(frames)
+        t, h, w, _ = frames.shape
+        if h < BLOCK or w < BLOCK:
+            return frames
         free = 1.0 if keep is None else ~np.broadcast_to(keep, frames.shape[:3])
-        bits = payload(checkpoint_sha256)
+        index, flip = self._layout(t, (h // BLOCK) * (w // BLOCK))
+        want = payload(checkpoint_sha256)[index] ^ flip
         out = frames.astype(np.float64)
         for _ in range(EMBED_PASSES):
             cb = chroma(np.clip(np.round(out), 0, 255))
-            blocks = ll_blocks(cb)
-            if blocks.shape[1] == 0:
-                break
-            index, flip = self._layout(*blocks.shape[:2])
-            want = bits[index] ^ flip
-            u, s, vt = np.linalg.svd(blocks)
+            u, s, vt = np.linalg.svd(ll_blocks(cb))
             top = s[..., 0]
             target = self.strength * (np.round(top / self.strength - want / 2) + want / 2)
             change = (target - top)[..., None, None] * u[..., :, :1] * vt[..., :1, :]
