@@ -360,7 +360,7 @@ def write_outputs(workdir: pathlib.Path, prompts: list[str], videos: np.ndarray,
         frames, watermark = stamp.mark(to_uint8(video), known)
         paths = {ext: workdir / f"{name}.{ext}" for ext in ("mp4", "gif", "npz", "png")}
         write_mp4(paths["mp4"], frames, fps)
-        c2pa = stamp.sign(paths["mp4"], generation)
+        c2pa = stamp.sign(paths["mp4"], dict(generation, watermark=watermark))
         write_gif(paths["gif"], enlarge(frames), fps)
         np.savez_compressed(paths["npz"], frames=frames)
         write_png(paths["png"], contact_sheet(enlarge(frames)))
