@@ -127,6 +127,7 @@ def test_tiny_stunet_train_step_on_a_v5p_slice(tiny_report):
     assert report["hbm_headroom_gib"] == pytest.approx(95.0 - m["total"], abs=1e-3)
     assert report["flops_per_step"] == 4 * report["flops_per_device"]
     assert report["step_seconds_at_peak"] == pytest.approx(report["flops_per_device"] / 459e12, rel=1e-3)
+    assert report["bytes_accessed_gib_per_device"] > m["arguments"]  # every weight is read at least once
     estimate = report["compiler_estimate"]  # the compiler's roofline time: never faster than the FLOPs at peak
     assert estimate["step_seconds"] >= report["step_seconds_at_peak"] and "estimate" in estimate["source"]
     assert estimate["mfu"] == pytest.approx(report["step_seconds_at_peak"] / estimate["step_seconds"], rel=1e-3)

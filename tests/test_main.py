@@ -9,7 +9,7 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from configs import if_ssr, if_stunet, stunet_paper, stunet_tiny
+from configs import if_ssr, if_stunet, ssr_tiny, stunet_paper, stunet_tiny
 from lumiere_jax.data import schema, shards
 from lumiere_jax.data.pipeline import Source, resolve_sources
 from lumiere_jax.models.report import forward_flops, model_report, parameter_counts
@@ -55,17 +55,23 @@ def test_paper_config_reports_without_allocating():
 
 def test_if_configs_report_the_released_sizes():
     """IF-I-XL and IF-II-L keep their released sizes (4.3B, 1.2B); the inflation adds only temporal ones.
-    IF-I-XL is counted without the report's FLOPs (tracing its forward costs ~50 s; the SSR's report
-    below covers the FLOPs path)."""
+    Both are counted without the report's FLOPs (tracing their forward passes costs minutes here); the
+    report of the tiny SSR covers the FLOPs path of a model that takes the augmentation level."""
+    def shape_and_counts(config):
+        cfg = UNetConfig.from_config(config.model)
+        return cfg, parameter_counts(nnx.eval_shape(lambda: UNet(cfg, rngs=nnx.Rngs(0))))
+
     config = if_stunet.get_config("xl")
-    cfg = UNetConfig.from_config(config.model)
-    counts = parameter_counts(nnx.eval_shape(lambda: UNet(cfg, rngs=nnx.Rngs(0))))
+    cfg, counts = shape_and_counts(config)
     assert 4.25e9 < counts["spatial"] < 4.35e9 and counts["conditioning"] == 0
     assert [lv["frames"] for lv in cfg.level_shapes(config.data.num_frames, config.data.resolution)] == [80, 40, 20, 10]
-    ssr = model_report(if_ssr.get_config("l"))  # IF-II-L is the released 1.2B; the SSR keeps its 16 frames
-    assert 1.15e9 < ssr["parameters"]["spatial"] < 1.25e9 and ssr["parameters"]["temporal"] > 0
-    assert ssr["input"]["resolution"] == 256 and ssr["input"]["channels"] == 6
-    assert {lv["frames"] for lv in ssr["levels"]} == {16} and ssr["forward_tflops_per_clip"] > 0
+    config = if_ssr.get_config("l")  # IF-II-L is the released 1.2B; the SSR keeps its 16 frames
+    cfg, counts = shape_and_counts(config)
+    assert 1.15e9 < counts["spatial"] < 1.25e9 and counts["temporal"] > 0
+    assert config.data.hires_resolution == 256 and cfg.in_channels + cfg.conditioning_channels == 6
+    assert {lv["frames"] for lv in cfg.level_shapes(config.data.num_frames, config.data.hires_resolution)} == {16}
+    tiny_ssr = model_report(ssr_tiny.get_config())
+    assert tiny_ssr["input"]["resolution"] == 32 and tiny_ssr["forward_flops_per_clip"] > 0
 
 
 @pytest.mark.parametrize("args, message", [

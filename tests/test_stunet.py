@@ -169,6 +169,23 @@ def test_temporal_down_and_upsampling_are_exact_at_init():
     np.testing.assert_array_equal(up(x), jnp.repeat(x, 2, axis=1))
 
 
+@pytest.mark.parametrize("axes, kernel", [((1, 2), (3, 3)), ((1,), (3, 1, 1)), ((1,), (5, 1, 1)), ((2,), (1, 3))])
+def test_upsampling_in_phases_is_repeat_then_convolution(axes, kernel):
+    """`upsample_conv` (the spatial and temporal upsamplings' convolution at the input's rate) equals
+    the convolution of the input repeated 2x along `axes`, which it never forms."""
+    from lumiere_jax.models.layers import conv, upsample_conv
+
+    layer = conv(6, 5, kernel, nnx.Rngs(0), padding=[(k // 2, k // 2) for k in kernel])
+    layer.bias[...] = jax.random.normal(jax.random.key(1), (5,))
+    x = jax.random.normal(jax.random.key(2), (2, 5, 4, 3, 6)[:len(kernel) + 1] + (6,))
+    repeated = x
+    for axis in axes:
+        repeated = jnp.repeat(repeated, 2, axis=axis)
+    got = upsample_conv(layer, x, axes)
+    assert got.shape == repeated.shape[:-1] + (5,)
+    np.testing.assert_allclose(got, layer(repeated), rtol=1e-5, atol=1e-5)
+
+
 def test_temporal_attention_only_at_the_coarsest_level(stunet, config):
     cfg = stunet.cfg
     found = [path for path, node in nnx.iter_graph(stunet) if isinstance(node, TemporalAttention)]

@@ -9,6 +9,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lumiere_jax.diffusion.schedule import ddpm_index
@@ -210,12 +211,58 @@ class Downsample(nnx.Module):
         return self.conv(x)
 
 
+def _phase_kernel(kernel: jax.Array, axis: int, phase: int) -> tuple[jax.Array, tuple[int, int]]:
+    """The kernel that output phase `phase` (0: even, 1: odd) along `axis` applies to the *input* of a
+    nearest-neighbour 2x upsampling followed by a stride-1 'SAME' convolution, and its padding.
+
+    Upsampled position 2i + a reads input i + floor((a + d) / 2) through tap d in [-r, r]: the taps
+    landing on the same input offset are summed, so a 3-tap kernel becomes two 2-tap kernels.
+    """
+    r = kernel.shape[axis] // 2
+    offsets = [(phase + d) // 2 for d in range(-r, r + 1)]
+    lo, hi = min(offsets), max(offsets)
+    taps = np.zeros((hi - lo + 1, 2 * r + 1), np.float32)
+    taps[np.array(offsets) - lo, np.arange(2 * r + 1)] = 1.0
+    return jnp.moveaxis(jnp.tensordot(jnp.asarray(taps, kernel.dtype), kernel, axes=([1], [axis])), 0, axis), (-lo, hi)
+
+
+def upsample_conv(layer: nnx.Conv, x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """`layer(x repeated 2x along axes)`, computed at the input's rate without forming the repeated input.
+
+    Each of the 2**len(axes) output phases is a convolution of the input with a smaller kernel (a
+    3x3 kernel becomes four 2x2 ones: 2.25x fewer FLOPs), and the phases are interleaved. The same
+    function up to float rounding of the summed taps; on the paper-scale STUNet it cuts the TPU
+    compiler's estimate of the spatial upsampling at 128x128 from 33 to 18 ms per clip (README, "Scale").
+    `layer` is a stride-1 'SAME' (odd kernel, symmetric padding) convolution; `axes` index x's spatial axes.
+    """
+    dtype = layer.dtype or x.dtype
+    spatial = "DHW"[-(x.ndim - 2):]
+    numbers = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+
+    def phases(kernel, pending, padding):
+        if not pending:
+            return jax.lax.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), (1,) * (x.ndim - 2), padding,
+                                                dimension_numbers=numbers)
+        axis = pending[0]
+        outs = []
+        for phase in (0, 1):
+            k, pad = _phase_kernel(kernel, axis - 1, phase)
+            outs.append(phases(k, pending[1:], padding[:axis - 1] + [pad] + padding[axis:]))
+        y = jnp.stack(outs, axis=axis + 1)  # (..., n, 2, ...): output 2i + phase
+        return y.reshape(y.shape[:axis] + (2 * y.shape[axis],) + y.shape[axis + 2:])
+
+    kernel = layer.kernel[...].astype(jnp.float32)
+    out = phases(kernel, tuple(axes), [(k // 2, k // 2) for k in kernel.shape[:-2]])
+    return out if layer.bias is None else out + layer.bias[...].astype(dtype)
+
+
 class Upsample(nnx.Module):
-    """Spatial 2x upsampling: nearest neighbour, then a 3x3 convolution."""
+    """Spatial 2x upsampling: nearest neighbour, then a 3x3 convolution (computed in phases, see
+    `upsample_conv`)."""
 
     def __init__(self, channels: int, rngs: nnx.Rngs, dtype=jnp.float32):
         self.conv = conv(channels, channels, (3, 3), rngs, dtype=dtype)
 
     def __call__(self, x, emb=None):
         del emb  # the interface of the resampling res blocks (see Downsample)
-        return self.conv(resample(x, "up"))
+        return upsample_conv(self.conv, x, axes=(1, 2))

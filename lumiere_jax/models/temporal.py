@@ -13,7 +13,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lumiere_jax.models.attention import attention
-from lumiere_jax.models.layers import GroupNorm, LayerNorm, conv, default_kernel, dense, sinusoidal_features, zeros
+from lumiere_jax.models.layers import (
+    GroupNorm, LayerNorm, conv, default_kernel, dense, sinusoidal_features, upsample_conv, zeros,
+)
 from lumiere_jax.parallel import axes
 from lumiere_jax.parallel.axes import partitioned
 
@@ -75,13 +77,17 @@ class TemporalDownsample(nnx.Module):
 
 
 class TemporalUpsample(nnx.Module):
-    """Frame duplication followed by an identity-initialised temporal conv: `repeat(x, 2, 1)` at init."""
+    """Frame duplication followed by an identity-initialised temporal conv: `repeat(x, 2, 1)` at init.
+
+    Computed in two phases at the input's frame rate (`upsample_conv`): the same function, without
+    forming the duplicated frames.
+    """
 
     def __init__(self, channels: int, kernel: int, rngs: nnx.Rngs, dtype=jnp.float32):
         self.conv = temporal_conv(channels, kernel, rngs, dtype=dtype, kernel_init=identity_kernel)
 
     def __call__(self, x):
-        return self.conv(jnp.repeat(x, 2, axis=1))
+        return upsample_conv(self.conv, x, axes=(1,))
 
 
 class RelativePositionBias(nnx.Module):

@@ -260,6 +260,7 @@ def compiled_costs(memory: dict, info: dict, tpu: Slice, rows: int) -> dict:
     return {"fits": memory["total"] <= tpu.hbm_gib_per_device, "compile_seconds": info["compile_seconds"],
             "memory_per_device_gib": memory, "hbm_headroom_gib": round(tpu.hbm_gib_per_device - memory["total"], 3),
             "flops_per_device": flops, "flops_per_step": flops * len(tpu.devices),
+            "bytes_accessed_gib_per_device": _significant(info["bytes_accessed_per_device"] / GIB),
             "tflops_per_clip": _significant(flops * len(tpu.devices) / rows / 1e12),
             "step_seconds_at_peak": _significant(flops / (peak * 1e12)) if peak else None,
             "compiler_estimate": compiler_estimate(info, peak)}
@@ -291,7 +292,8 @@ def denoise_step_report(config, tpu: Slice, mesh, rules) -> dict:
         # XLA's cost analysis counts the body of the loop over windows once: scale it by the trip count.
         # The body is the model call; what lies outside (guidance, thresholding, merging windows) is then
         # counted n times too, a small over-estimate (0.4% on the tiny test config).
-        info = {**info, "flops_per_device": info["flops_per_device"] * program.windows}
+        info = {**info, "flops_per_device": info["flops_per_device"] * program.windows,
+                "bytes_accessed_per_device": info["bytes_accessed_per_device"] * program.windows}
         if "optimal_seconds" in info:
             info["optimal_seconds"] *= program.windows
         report["costs_scaled_by_windows"] = program.windows

@@ -117,15 +117,16 @@ def compile_step(step_fn, state, shardings, batch, mesh, rules, encoder: Optiona
 
 def compile_ahead(jitted, args, mesh):
     """(compiled, info): `jitted` lowered for `args` (abstract, sharded) and compiled; info has the compile
-    time, the FLOPs per device of XLA's cost analysis, the TPU compiler's `optimal_seconds` where it gives
-    one, and the memory analysis in GiB."""
+    time, the FLOPs and bytes accessed per device of XLA's cost analysis, the TPU compiler's
+    `optimal_seconds` where it gives one, and the memory analysis in GiB."""
     start = time.perf_counter()
     with jax.set_mesh(mesh):
         compiled = jitted.lower(*args).compile()
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}
-    info = {"compile_seconds": round(seconds, 2), "flops_per_device": float(cost.get("flops", 0.0))}
+    info = {"compile_seconds": round(seconds, 2), "flops_per_device": float(cost.get("flops", 0.0)),
+            "bytes_accessed_per_device": float(cost.get("bytes accessed", 0.0))}
     if cost.get("optimal_seconds", 0.0) > 0:  # the TPU compiler's own run-time estimate (not on CPU)
         info["optimal_seconds"] = float(cost["optimal_seconds"])
     if memory is not None:
