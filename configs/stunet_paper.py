@@ -3,7 +3,7 @@
 Lumiere does not publish its backbone; these are our choices (see README, "Model"):
 - five resolution levels 128, 64, 32, 16, 8 with widths 256/512/768/1024/1024, two res blocks
   each (an Imagen-style T2I U-Net of ~564M parameters), spatial self-attention with T5-XXL text
-  at 16x16 and 8x8; the inflation adds ~118M temporal parameters (682M in all, ~53 TFLOPs per
+  at 16x16 and 8x8; the inflation adds ~118M temporal parameters (682M in all, ~50 TFLOPs per
   80-frame clip forward, see `--mode=model_report`);
 - time halved at the first three spatial downsamplings: 80 -> 40 -> 20 -> 10 frames, so the
   coarsest level (8x8) sees 10 frames. 80 = 2**4 * 5 allows a 4th halving; we keep 10 frames at
