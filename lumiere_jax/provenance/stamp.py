@@ -50,12 +50,13 @@ class Stamp:
             say_once(f"frames of {size} are smaller than one {BLOCK}x{BLOCK} block: they cannot carry the watermark "
                      "and are written unmarked")
             return frames, f"unmarked: {size} frames are too small"
+        status = "marked"
         if side < MIN_RELIABLE_SIDE:
             say_once(f"frames of {size} are smaller than {MIN_RELIABLE_SIDE}x{MIN_RELIABLE_SIDE}, the smallest size "
                      "whose watermark reads back reliably after H.264 (README \"Provenance\"): the mark is embedded, "
                      "but an MP4 of this size may read as unmarked")
-            return self.watermark.embed(frames, self.checkpoints["base"], keep), "marked (below the reliable size)"
-        return self.watermark.embed(frames, self.checkpoints["base"], keep), "marked"
+            status = "marked (below the reliable size)"
+        return self.watermark.embed(frames, self.checkpoints["base"], keep), status
 
     def sign(self, mp4: pathlib.Path, generation: dict) -> str:
         """Signs the MP4 in place when a signer is configured; returns what its record says."""
