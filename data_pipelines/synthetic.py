@@ -5,12 +5,25 @@
     python -m data_pipelines.synthetic --output_dir data/shapes_heldout --split heldout \\
         --heldout red:circle:left,blue:square:up --num_examples 64
     python -m data_pipelines.synthetic --output_dir data/shapes_images --kind image
+    python -m data_pipelines.synthetic --output_dir data/shapes_long --motion stationary --num_frames 64
 
 A clip shows one shape of one colour on black, moving in a straight line at constant speed,
 captioned "a {color} {shape} moving {direction}"; an image is one frame captioned
 "a {color} {shape}". Each record stores the shape's centre in every frame as
 annotations['positions'] (T, 2): (x, y) in [0, 1] image coordinates, x to the right, y down,
 and meta {color, shape, direction, radius, split}.
+
+--motion chooses how the shape moves:
+  traverse    (default) one straight path inside the frame covering TRAVEL_RANGE of the free room
+              over the whole clip, however long: every clip is one traversal, so a longer clip is
+              slower, and a window of a long clip is not a clip of this domain.
+  stationary  the frame is a torus: the shape keeps its speed for any number of frames (SPEED_RANGE
+              frame widths per frame, so a 16-frame training clip covers 0.24-0.48 of the frame)
+              and wraps around, leaving one border as it enters at the opposite one. Wrapping rather
+              than bouncing keeps the caption true: a bounce would turn "moving left" into moving
+              right, a wrap never does, so every window of a long clip is a clip of the domain with
+              the same caption (the long-clip training and evaluation data). meta adds motion and
+              speed (frame widths per frame); positions are the centre's place on the torus, in [0, 1).
 
 Held-out combinations (--heldout color:shape:direction, '*' matching anything) never appear in
 the train split; the heldout split contains only them. Example i is drawn from a generator
@@ -40,8 +53,12 @@ SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 SPLITS = ("train", "heldout")
 KINDS = ("video", "image")
+MOTIONS = ("traverse", "stationary")
 RADIUS_RANGE = (0.08, 0.15)  # shape radius, as a fraction of the frame size
 TRAVEL_RANGE = (0.3, 0.6)  # distance covered over the clip, as a fraction of the free room
+# Stationary motion: frame widths per frame. A 16-frame clip moves 0.24-0.48 of the frame (about the
+# traversal's 0.21-0.5 at 16 frames), so a training window never crosses the frame; 33-67 frames do.
+SPEED_RANGE = (0.015, 0.03)
 
 Combo = tuple[str, str, Optional[str]]  # (color, shape, direction); direction None for images
 
@@ -102,13 +119,20 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, r: float) -> np.ndar
     return np.logical_and.reduce([dx * nx + dy * ny <= r / 2 for nx, ny in normals])
 
 
-def render(combo: Combo, positions: np.ndarray, radius: float, size: int, background=(0, 0, 0)) -> np.ndarray:
-    """(T, size, size, 3) uint8 frames of the shape at `positions` (normalised centres) on `background`."""
+def render(combo: Combo, positions: np.ndarray, radius: float, size: int, background=(0, 0, 0),
+           wrap: bool = False) -> np.ndarray:
+    """(T, size, size, 3) uint8 frames of the shape at `positions` (normalised centres) on `background`.
+
+    `wrap` draws the frame as a torus: the shape is also drawn one frame width away on each side,
+    so the part that leaves across a border shows at the opposite one."""
     color, shape, _ = combo
     frames = np.zeros((len(positions), size, size, 3), np.uint8)
     frames[:] = background
+    shifts = (-1.0, 0.0, 1.0) if wrap else (0.0,)
     for t, (x, y) in enumerate(positions):
-        frames[t][shape_mask(shape, size, x * size, y * size, radius * size)] = COLORS[color]
+        mask = np.logical_or.reduce([shape_mask(shape, size, (x + dx) * size, (y + dy) * size, radius * size)
+                                     for dx in shifts for dy in shifts])
+        frames[t][mask] = COLORS[color]
     return frames
 
 
@@ -127,11 +151,41 @@ def trajectory(rng: np.random.Generator, direction: Optional[str], num_frames: i
     return np.stack([xs, ys], axis=1)
 
 
-def render_clip(combo: Combo, rng: np.random.Generator, num_frames: int, sizes) -> tuple[dict, np.ndarray, float]:
-    """({size: (T, size, size, 3) uint8}, (T, 2) centres, radius) of one random clip of `combo`."""
+def stationary_trajectory(rng: np.random.Generator, direction: str, num_frames: int,
+                          radius: float) -> tuple[np.ndarray, float]:
+    """((T, 2) normalised centres on the torus, in [0, 1); speed in frame widths per frame): a
+    constant-speed path along `direction` from a uniform start, for any number of frames; across
+    the motion the shape stays wholly inside the frame, as in `trajectory`."""
+    ux, uy = DIRECTIONS[direction]
+    speed = float(rng.uniform(*SPEED_RANGE))
+    start = rng.uniform(0.0, 1.0, size=2)
+    start[1 if ux else 0] = rng.uniform(radius, 1.0 - radius)  # the coordinate across the motion
+    steps = np.arange(num_frames, dtype=np.float64)[:, None] * speed * np.array([ux, uy])
+    return np.mod(start[None] + steps, 1.0), speed
+
+
+def draw_path(combo: Combo, rng: np.random.Generator, num_frames: int,
+              motion: str = "traverse") -> tuple[np.ndarray, float, dict]:
+    """((T, 2) float32 centres, radius, extra meta) of one random clip of `combo`; images
+    (direction None) are the same for either motion. The radius is drawn first, as it always was,
+    so traversal data stays what it was before --motion existed."""
     radius = float(rng.uniform(*RADIUS_RANGE))
-    positions = trajectory(rng, combo[2], num_frames, radius).astype(np.float32)
-    return {size: render(combo, positions, radius, size) for size in sizes}, positions, radius
+    if motion == "stationary" and combo[2] is not None:
+        positions, speed = stationary_trajectory(rng, combo[2], num_frames, radius)
+        return positions.astype(np.float32), radius, {"motion": motion, "speed": speed}
+    return trajectory(rng, combo[2], num_frames, radius).astype(np.float32), radius, {}
+
+
+def render_clip(combo: Combo, rng: np.random.Generator, num_frames: int, sizes,
+                motion: str = "traverse") -> tuple[dict, np.ndarray, float]:
+    """({size: (T, size, size, 3) uint8}, (T, 2) centres, radius) of one random clip of `combo`."""
+    positions, radius, extra = draw_path(combo, rng, num_frames, motion)
+    return render_sizes(combo, positions, radius, sizes, bool(extra)), positions, radius
+
+
+def render_sizes(combo: Combo, positions: np.ndarray, radius: float, sizes, wrap: bool) -> dict:
+    """{size: (T, size, size, 3) uint8} of one path at every size."""
+    return {size: render(combo, positions, radius, size, wrap=wrap) for size in sizes}
 
 
 def make_example(index: int, settings: dict[str, Any]) -> ClipRecord:
@@ -141,7 +195,8 @@ def make_example(index: int, settings: dict[str, Any]) -> ClipRecord:
     options = combos(settings["kind"], settings["split"], settings["heldout"])
     combo = options[rng.integers(len(options))]
     num_frames = settings["num_frames"] if settings["kind"] == "video" else 1
-    stacks, positions, radius = render_clip(combo, rng, num_frames, settings["sizes"])
+    positions, radius, extra = draw_path(combo, rng, num_frames, settings.get("motion", "traverse"))
+    stacks = render_sizes(combo, positions, radius, settings["sizes"], wrap=bool(extra))
     base = min(stacks)
     return ClipRecord(
         id=f"shapes-{settings['kind']}-{settings['split']}-{index:07d}",
@@ -150,7 +205,7 @@ def make_example(index: int, settings: dict[str, Any]) -> ClipRecord:
         fps=float(settings["fps"]),
         hires={size: stack for size, stack in stacks.items() if size != base},
         annotations={"positions": positions},
-        meta=dict(color=combo[0], shape=combo[1], direction=combo[2], radius=radius, split=settings["split"]),
+        meta=dict(color=combo[0], shape=combo[1], direction=combo[2], radius=radius, split=settings["split"], **extra),
     )
 
 
@@ -174,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sizes", default="128", help="square sizes, e.g. 32,128; smallest is the base (%(default)s)")
     parser.add_argument("--fps", type=float, default=16.0, help="frame rate stored in the records (%(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="data seed (default: %(default)s)")
+    parser.add_argument("--motion", choices=MOTIONS, default="traverse",
+                        help="traverse: one path across the frame per clip; stationary: constant speed, wrapping "
+                             "around the borders, for clips of any length (default: %(default)s)")
     runner.add_common_flags(parser, prefix="shapes")
     return parser
 
@@ -195,6 +253,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "sizes": runner.parse_sizes(parser, args.sizes),
         "fps": args.fps,
         "seed": args.seed,
+        "motion": args.motion,
         "kind": args.kind,
         "split": args.split,
         "heldout": heldout,

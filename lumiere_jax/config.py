@@ -46,6 +46,13 @@ def model_config() -> ml_collections.ConfigDict:
     # per-frame embedding as scale/shift, like the spatial res blocks.
     m.temporal.frame_embedding = False
     m.temporal.conditioned_convs = False
+    # Where frame_embedding counts a frame from, in a clip longer than the model's window (MultiDiffusion):
+    # clip: from its window's start, (i + 0.5) / T, so overlapping windows tell a frame different places and
+    # such a model cannot sample longer clips (a clear error says so); global: from the long clip's start,
+    # (start + i + 0.5) / T, the same in every window. Training then shifts each clip by a random start
+    # (multiples of the temporal downsampling) so that clips of up to max_clip_frames frames are seen.
+    m.temporal.frame_position = "clip"
+    m.temporal.max_clip_frames = 0  # global: the longest clip it learns positions for (0: the training length)
     return m
 
 
@@ -76,6 +83,11 @@ def sample_config() -> ml_collections.ConfigDict:
     s.batch_size = 8  # prompts per step of the sampler (padded to the mesh's batch shards)
     s.num_frames = 0  # 0: the base model's training length; more: MultiDiffusion windows over a longer clip
     s.window_overlap = 2  # frames shared by consecutive base-model windows when num_frames is longer
+    # How the base model's windows are put together (lumiere_jax/diffusion/multidiffusion.py): average (the
+    # paper's least-squares average of overlapping windows), independent (no aggregation: the baseline), or
+    # shifted (the averaged tiling moved by a new offset every step, so no window boundary stays). SSR keeps
+    # average with ssr.overlap.
+    s.window_aggregation = "average"
     s.windows_in_sequence = False  # True: MultiDiffusion calls the model on one window at a time (base and SSR):
     # the same clip for a window count's share of the activation memory (SSR at 1024x1024 on v5p needs it)
     s.base_checkpoint = ""  # an export directory of the base STUNet (--mode=export)
@@ -105,6 +117,8 @@ def eval_config() -> ml_collections.ConfigDict:
     """`--mode=eval`: the moving-shapes evaluator and the field's metrics (FVD, IS, CLIP similarity)."""
     e = ml_collections.ConfigDict()
     e.metrics = "shapes"  # comma list of: shapes (moving-shapes evaluator), fvd, is, clip
+    e.motion = "traverse"  # the clips' motion (data_pipelines.synthetic --motion): stationary wraps around the
+    # borders, so the centroid track is unwrapped (a wrap is not a jump backwards) before direction and jitter
     e.heldout = ""  # combinations held out of training, as data_pipelines.synthetic --heldout
     # ('red:circle:left,green:*:up'): the report then scores held-out and seen prompts apart
     e.reference = ""  # fvd: the real videos, a folder of videos or a glob of clip shards

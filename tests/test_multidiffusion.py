@@ -12,7 +12,7 @@ def test_window_starts_cover_the_clip_with_the_overlap():
     assert window_starts(80, 16, 2) == (0, 14, 28, 42, 56, 64)
     assert window_starts(16, 16, 2) == (0,)
     assert window_starts(10, 4, 2) == (0, 2, 4, 6)
-    with pytest.raises(ValueError, match="longer than the clip"):
+    with pytest.raises(ValueError, match="shorter than the model's 16-frame window"):
         window_starts(8, 16, 2)
     with pytest.raises(ValueError, match="overlap=4"):
         window_starts(16, 4, 4)

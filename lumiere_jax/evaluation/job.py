@@ -3,6 +3,9 @@
 `eval.metrics` chooses the scores: `shapes` (the moving-shapes evaluator, below) and the field's
 network metrics `fvd`, `is`, `clip` (video_metrics.py), reported under 'metrics'.
 
+Clips the job sampled in windows shorter than themselves (samples.json's 'windows', or a layout
+given here) also get the evaluator's seam measure; `eval.motion=stationary` reads wrapping motion.
+
 A sample that cannot be scored (a prompt outside the moving-shapes grammar, a missing or corrupt
 .npz, frames of the wrong shape) is skipped and listed with its reason, so one bad file does not
 lose the rest of the run; a run with nothing scorable is an error.
@@ -11,11 +14,12 @@ from __future__ import annotations
 
 import json
 import pathlib
+from typing import Optional
 
 from tqdm import tqdm
 
 from data_pipelines.synthetic import parse_heldout
-from lumiere_jax.evaluation.synthetic import build_report, score_clip
+from lumiere_jax.evaluation.synthetic import build_report, check_layout, check_motion, score_clip
 from lumiere_jax.evaluation.video_metrics import (
     NETWORK_METRICS,
     check_eval_config,
@@ -28,16 +32,30 @@ from lumiere_jax.evaluation.video_sets import SampledSet, load_frames, read_samp
 REPORT_NAME = "eval_report.json"
 
 
-def evaluate_samples(workdir, progress: bool = True, heldout: str = "") -> dict:
+def sampled_layout(workdir: pathlib.Path) -> Optional[dict]:
+    """The window layout --mode=sample recorded in samples.json for clips longer than the model's
+    window ({'window', 'overlap', 'aggregation'}), or None."""
+    try:
+        return json.loads((workdir / "samples.json").read_text()).get("windows")
+    except (OSError, ValueError, AttributeError):
+        return None  # read_samples says what is wrong with the file
+
+
+def evaluate_samples(workdir, progress: bool = True, heldout: str = "", motion: str = "traverse",
+                     layout: Optional[dict] = None) -> dict:
     """Scores every sample of WORKDIR/samples.json, writes WORKDIR/eval_report.json, returns it.
-    `heldout` (data_pipelines.synthetic --heldout syntax) adds held-out and seen scores."""
+    `heldout` (data_pipelines.synthetic --heldout syntax) adds held-out and seen scores; `motion`
+    is the clips' (eval.motion); `layout` ({'window', 'overlap', 'aggregation'}; default: what the
+    sampling job recorded) adds seam measures to clips longer than the window."""
     parse_heldout(heldout)  # a bad list fails before the slow part
+    check_motion(motion)
     workdir = pathlib.Path(workdir)
     samples = read_samples(workdir)
+    layout = check_layout(layout if layout is not None else sampled_layout(workdir))
     records, skipped = [], []
     for index, sample in enumerate(tqdm(samples, desc="eval", disable=not progress)):
         try:
-            record = score_clip(load_frames(workdir, sample), str(sample["prompt"]))
+            record = score_clip(load_frames(workdir, sample), str(sample["prompt"]), motion, layout)
         except ValueError as e:
             skipped.append({"index": index, "prompt": sample.get("prompt"), "reason": str(e)})
             continue
@@ -47,6 +65,8 @@ def evaluate_samples(workdir, progress: bool = True, heldout: str = "") -> dict:
         raise ValueError(f"none of the {len(samples)} samples in {workdir / 'samples.json'} could be scored "
                          f"({reasons})")
     report = {**build_report(records, heldout), "skipped": skipped}
+    if layout is not None:
+        report["windows"] = layout
     (workdir / REPORT_NAME).write_text(json.dumps(report, indent=2))
     return report
 
@@ -65,7 +85,7 @@ def evaluate(config, workdir, progress: bool = True) -> tuple[dict, str]:
     check_eval_config(config.eval, metrics)
     report, tables = {}, []
     if "shapes" in metrics:
-        report = evaluate_samples(workdir, progress, config.eval.heldout)
+        report = evaluate_samples(workdir, progress, config.eval.heldout, config.eval.get("motion", "traverse"))
         tables.append(summary(report))
     networks = [m for m in metrics if m in NETWORK_METRICS]
     if networks:
@@ -84,6 +104,10 @@ def _line(name: str, scores: dict) -> str:
             f" {scores['direction_accuracy']:>6.1%} {scores['presence_rate']:>7.1%}  {optional[0]:>7} {optional[1]:>5}")
 
 
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def summary(report: dict) -> str:
     """A short table: overall scores, then per combination, then the skip count."""
     header = ("", "clips", "colour", "shape", "dir", "present", "jitter", "fit")
@@ -95,6 +119,13 @@ def summary(report: dict) -> str:
                  f"{chance['direction_accuracy']:.1%}. jitter: RMS frame-to-frame acceleration of the centroid, "
                  "in frame widths (0 = constant velocity). fit: share of the object the fitted shape explains "
                  "(1 = all)")
+    overall = report["overall"]
+    if "seam_ratio" in overall:
+        layout = report.get("windows", {})
+        lines.append(f"seams ({overall['clips_with_seams']} clips, {layout.get('window')}-frame windows, overlap "
+                     f"{layout.get('overlap')}, {layout.get('aggregation')}): seam ratio {_num(overall['seam_ratio'])} "
+                     f"(worst {_num(overall['worst_seam_ratio'])}), max step ratio {_num(overall['max_step_ratio'])}; "
+                     "largest step across a window boundary / median step (1: no seam)")
     if report.get("skipped"):
         lines.append(f"skipped {len(report['skipped'])} samples (reasons in the report's 'skipped')")
     return "\n".join(lines)

@@ -22,7 +22,17 @@ frames:
              consecutive present frames, in frame widths; 0 for the data's constant-velocity
              motion, large when frames are generated independently (the object jumps);
   background the median brightness of the clip (0 on the domain's black), which a background
-             style raises.
+             style raises;
+  seams      for a clip sampled in windows shorter than itself (MultiDiffusion), given the window
+             layout: the seam ratio, the largest centroid step across a window boundary over the
+             clip's median step (about 1 for a clip whose windows agree; a jump where the windows
+             meet makes it large), and the largest step anywhere over the median (max step ratio).
+
+Stationary motion (`motion='stationary'`, data_pipelines.synthetic --motion) wraps around the
+borders: the object is found on the torus (the frame is also read rolled by half a frame along
+each axis, so a shape split across a border is whole in one reading) and the centroid track is
+unwrapped (a step of more than half a frame is a wrap, not a jump backwards; the domain's speeds are
+at most SPEED_RANGE[1]) before direction, jitter and seams are measured.
 
 Clips with no present frame get no colour, shape or direction: they count as wrong, so noise
 scores below chance rather than at it. How far each score can be trusted, measured on real clips
@@ -39,8 +49,9 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from data_pipelines.synthetic import (COLORS, DIRECTIONS, RADIUS_RANGE, SHAPES, TRAVEL_RANGE, is_heldout,
+from data_pipelines.synthetic import (COLORS, DIRECTIONS, MOTIONS, RADIUS_RANGE, SHAPES, TRAVEL_RANGE, is_heldout,
                                       parse_heldout, shape_mask)
+from lumiere_jax.diffusion.multidiffusion import check_aggregation, seam_pairs
 
 FOREGROUND_THRESHOLD = 0.5  # of the brightest channel in [0, 1]: every palette colour has a channel at 1
 AREA_SLACK = (0.4, 2.0)  # the region's brightness mass may be this far below/above the domain's smallest/largest shape
@@ -50,6 +61,7 @@ RADIUS_GRID = np.geomspace(0.85 * RADIUS_RANGE[0], 1.15 * RADIUS_RANGE[1], 24)  
 BLUR_GRID = (0.0, 0.015, 0.03, 0.045, 0.06)  # Gaussian blurs of the fitted templates, in frame widths
 MIN_TRAVEL = 0.25 * TRAVEL_RANGE[0] * (1.0 - 2.0 * RADIUS_RANGE[1])  # shortest path in the data, quartered
 PALETTE = np.array(list(COLORS.values()), np.float32) / 255.0
+MIN_STEP_PX = 1.0  # the median step's floor in seam ratios (below)
 _PROMPT = re.compile(r"a (\w+) (\w+) moving (\w+)")
 
 
@@ -121,6 +133,9 @@ class Frame:
     centroid: np.ndarray  # (x, y) in pixels, pixel centres at k + 0.5
     color: int  # index into COLORS
     present: bool
+    mass: float = 0.0  # brightness mass around the region, in pixels
+    offset: tuple = (0, 0)  # (x, y) pixels the frame was rolled by before reading (torus): weights and
+    # centroid are in the rolled frame; the object's place in the frame is centroid - offset (mod size)
 
 
 def find_object(frame: np.ndarray) -> Optional[Frame]:
@@ -154,7 +169,53 @@ def find_object(frame: np.ndarray) -> Optional[Frame]:
     low, high = area_bounds()
     clutter = brightness[bright & ~grown].sum()
     present = low <= mass / size**2 <= high and clutter <= MAX_CLUTTER * mass
-    return Frame(weights, centroid, color, bool(present))
+    return Frame(weights, centroid, color, bool(present), float(mass))
+
+
+def find_object_on_torus(frame: np.ndarray) -> Optional[Frame]:
+    """`find_object` for a frame whose borders wrap around: read as it is and rolled by half a frame
+    along x and along y, keeping the reading that finds a present object with the most mass (a shape
+    split across a border is whole in one of them; its across-motion coordinate stays inside)."""
+    half = frame.shape[0] // 2
+    readings = []
+    for offset in ((0, 0), (half, 0), (0, half)):
+        found = find_object(np.roll(frame, (offset[1], offset[0]), axis=(0, 1)))
+        if found is not None:
+            readings.append(dataclasses.replace(found, offset=offset))
+    return max(readings, key=lambda f: (f.present, f.mass), default=None)
+
+
+def position_of(found: Frame, size: int) -> np.ndarray:
+    """The object's (x, y) in frame widths in the unrolled frame."""
+    return np.mod(found.centroid - np.asarray(found.offset), size) / size
+
+
+def unwrap_track(positions: np.ndarray) -> np.ndarray:
+    """(F, 2) positions on the torus (frame widths) -> a continuous track: every step between
+    consecutive entries is taken as its shortest form modulo one frame width."""
+    steps = np.diff(positions, axis=0)
+    steps -= np.round(steps)
+    return np.concatenate([positions[:1], positions[:1] + np.cumsum(steps, axis=0)])
+
+
+def seam_measures(centroids: Sequence, pairs: Sequence[int], size: int, wrap: bool) -> Optional[dict]:
+    """Seam ratio and max step ratio of a centroid track (per frame (x, y) in frame widths or None),
+    over the steps between consecutive present frames; `pairs`: frames f whose step to f + 1 crosses
+    a window boundary. None when no boundary step has both frames present. The median step is
+    floored at MIN_STEP_PX: the renderer draws whole pixels, so at the domain's sub-pixel speeds a
+    true track steps 0 or 1 px (median 0 or 1); one pixel keeps a clean clip at a ratio of 1 or less
+    and a still object's noise from making any jump look huge."""
+    steps = {}
+    for f in range(len(centroids) - 1):
+        if centroids[f] is not None and centroids[f + 1] is not None:
+            step = np.subtract(centroids[f + 1], centroids[f])
+            steps[f] = float(np.hypot(*(step - np.round(step) if wrap else step)))
+    at_seams = [steps[f] for f in pairs if f in steps]
+    if not at_seams:
+        return None
+    median = max(float(np.median(list(steps.values()))), MIN_STEP_PX / size)
+    return {"seam_ratio": max(at_seams) / median, "max_step_ratio": max(steps.values()) / median,
+            "seam_jump": max(at_seams), "median_step": median}
 
 
 def _crops(weights: np.ndarray, centroids: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
@@ -224,13 +285,14 @@ def track_jitter(times: np.ndarray, positions: np.ndarray) -> Optional[float]:
     return float(np.sqrt((second[consecutive] ** 2).sum(-1).mean()))
 
 
-def analyze_clip(clip: np.ndarray) -> dict:
+def analyze_clip(clip: np.ndarray, wrap: bool = False) -> dict:
     """clip: (T, H, W, 3) in [0, 1] -> what it shows: colour, shape (and its `shape_fits` entry:
     how well it explains the object, at what radius and blur), direction, travel ((x, y) over the
     clip, in frame widths), jitter, presence (fraction of frames) and per-frame centroids
-    (normalised (x, y), None where no object is present)."""
+    (normalised (x, y), None where no object is present). `wrap`: the borders wrap around
+    (stationary motion): the object is found on the torus and its track unwrapped."""
     size = clip.shape[1]
-    frames = [find_object(f) for f in clip]
+    frames = [(find_object_on_torus if wrap else find_object)(f) for f in clip]
     present = [i for i, f in enumerate(frames) if f is not None and f.present]
     found = [frames[i] for i in present]
     result = {"color": None, "shape": None, "shape_fit": None, "direction": None, "travel": None,
@@ -238,7 +300,7 @@ def analyze_clip(clip: np.ndarray) -> dict:
               "background": float(np.median(clip.max(axis=-1)))}
     if not found:
         return result
-    positions = np.stack([f.centroid for f in found]) / size
+    positions = np.stack([position_of(f, size) for f in found])
     for i, position in zip(present, positions):
         result["centroids"][i] = [round(float(v), 5) for v in position]
     result["color"] = list(COLORS)[int(np.bincount([f.color for f in found], minlength=len(COLORS)).argmax())]
@@ -247,18 +309,50 @@ def analyze_clip(clip: np.ndarray) -> dict:
     result.update(shape=SHAPES[best], shape_fit=fits[best])
     if len(found) >= 2:
         times = np.array(present)
-        direction, travel = fit_direction(times.astype(np.float64), positions, len(frames))
-        result.update(direction=direction, travel=[float(v) for v in travel], jitter=track_jitter(times, positions))
+        track = unwrap_track(positions) if wrap else positions
+        direction, travel = fit_direction(times.astype(np.float64), track, len(frames))
+        result.update(direction=direction, travel=[float(v) for v in travel], jitter=track_jitter(times, track))
     return result
 
 
-def score_clip(clip: np.ndarray, prompt: str) -> dict:
-    """One clip ((T, H, W, 3) in [0, 1]) against its prompt: the analysis, the target and what is right."""
+def check_motion(motion: str) -> str:
+    if motion not in MOTIONS:
+        raise ValueError(f"motion {motion!r} (eval.motion) is not one of {MOTIONS}, the --motion of "
+                         "data_pipelines.synthetic")
+    return motion
+
+
+def check_layout(layout: Optional[dict]) -> Optional[dict]:
+    """A window layout {'window', 'overlap', 'aggregation'} (the sampling job's samples.json 'windows')."""
+    if layout is None:
+        return None
+    missing = {"window", "overlap", "aggregation"} - set(layout)
+    if missing:
+        raise ValueError(f"window layout {layout} lacks {sorted(missing)}: give window, overlap and aggregation "
+                         "(what --mode=sample wrote under samples.json's 'windows')")
+    check_aggregation(layout["aggregation"])
+    return layout
+
+
+def clip_seams(found: dict, size: int, layout: Optional[dict], wrap: bool) -> dict:
+    """{'seams': seam_measures} for a clip longer than the layout's window; {} otherwise."""
+    frames = len(found["centroids"])
+    if layout is None or frames <= layout["window"]:
+        return {}
+    pairs = seam_pairs(frames, layout["window"], layout["overlap"], layout["aggregation"])
+    return {"seams": seam_measures(found["centroids"], pairs, size, wrap)}
+
+
+def score_clip(clip: np.ndarray, prompt: str, motion: str = "traverse", layout: Optional[dict] = None) -> dict:
+    """One clip ((T, H, W, 3) in [0, 1]) against its prompt: the analysis, the target and what is
+    right; with a window `layout` (`check_layout`) and a clip longer than its window, its seams."""
     target = parse_prompt(prompt)
-    found = analyze_clip(clip)
+    wrap = check_motion(motion) == "stationary"
+    found = analyze_clip(clip, wrap)
     return {"prompt": prompt, "target": dataclasses.asdict(target), **found,
             "present_frames": sum(c is not None for c in found["centroids"]), "frames": len(found["centroids"]),
-            "correct": {k: found[k] == getattr(target, k) for k in ("color", "shape", "direction")}}
+            "correct": {k: found[k] == getattr(target, k) for k in ("color", "shape", "direction")},
+            **clip_seams(found, clip.shape[1], check_layout(layout), wrap)}
 
 
 def aggregate(records: Sequence[dict]) -> dict:
@@ -274,6 +368,12 @@ def aggregate(records: Sequence[dict]) -> dict:
     scores["background_level"] = float(np.mean([r["background"] for r in records]))
     fits = [r["shape_fit"]["explained"] for r in records if r["shape_fit"] is not None]
     scores["shape_fit"] = float(np.mean(fits)) if fits else None  # how shape-like the objects are: 1 = exactly
+    seams = [r["seams"] for r in records if r.get("seams")]
+    if any("seams" in r for r in records):  # clips longer than their model's window
+        for key in ("seam_ratio", "max_step_ratio"):
+            scores[key] = float(np.mean([m[key] for m in seams])) if seams else None
+        scores["worst_seam_ratio"] = max((m["seam_ratio"] for m in seams), default=None)
+        scores["clips_with_seams"] = len(seams)
     return scores
 
 
@@ -311,15 +411,19 @@ def build_report(records: Sequence[dict], heldout: str = "") -> dict:
     }
 
 
-def evaluate_clips(clips, prompts: Sequence[str], progress: bool = True, heldout: str = "") -> dict:
+def evaluate_clips(clips, prompts: Sequence[str], progress: bool = True, heldout: str = "",
+                   motion: str = "traverse", layout: Optional[dict] = None) -> dict:
     """clips: uint8 or [-1, 1] float (N, T, H, W, 3); prompts: N strings 'a {color} {shape} moving
-    {direction}'. Returns `build_report` of every clip; ValueError for a bad clip array or prompt."""
+    {direction}'; `motion` and `layout` as `score_clip`. Returns `build_report` of every clip;
+    ValueError for a bad clip array, prompt, motion or layout."""
     parse_heldout(heldout)
+    check_motion(motion)
+    check_layout(layout)
     clips = to_unit_range(clips)
     if len(prompts) != len(clips):
         raise ValueError(f"{len(clips)} clips but {len(prompts)} prompts")
     for prompt in prompts:
         parse_prompt(prompt)  # every prompt is checked before the slow part
-    records = [score_clip(clip, prompt)
+    records = [score_clip(clip, prompt, motion, layout)
                for clip, prompt in tqdm(zip(clips, prompts), total=len(clips), desc="eval", disable=not progress)]
     return build_report(records, heldout)

@@ -4,7 +4,8 @@
 low-resolution clip upsampled to the output size (joined to the noisy clip as channels), and
 `aug` (B,), the log-SNR of the augmentation noise it carries; for the conditional tasks `known`
 (B, T, H, W, 4), the masked clip and its mask (lumiere_jax.sample.masks.known_input), joined the
-same way.
+same way. `frame_start` (B,), where present, is the first frame of each row's window in a longer
+clip, for a model with model.temporal.frame_position='global' (MultiDiffusion and the trainer add it).
 """
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,8 @@ def call_model(model, z, logsnr, cond: dict, image_mode: bool = False):
     """
     extra = [cond[key].astype(z.dtype) for key in FRAME_KEYS if key in cond]
     x = jnp.concatenate([z, *extra], axis=-1) if extra else z
-    out = model(x, logsnr, cond["text"], cond["mask"], image_mode=image_mode, aug_logsnr=cond.get("aug"))
+    out = model(x, logsnr, cond["text"], cond["mask"], image_mode=image_mode, aug_logsnr=cond.get("aug"),
+                frame_start=cond.get("frame_start"))
     return out[..., : z.shape[-1]] if model.cfg.learned_variance else out
 
 

@@ -139,6 +139,9 @@ class TemporalAttention(nnx.Module):
         return jnp.transpose(tokens.reshape(b, h, w, t, c), (0, 3, 1, 2, 4))
 
 
+FRAME_POSITIONS = ("clip", "global")
+
+
 class FrameEmbedding(nnx.Module):
     """Each frame's place in the clip, read together with the pooled caption: a per-frame term of
     the embedding that modulates the res blocks (and conditioned temporal convs) of that frame.
@@ -147,9 +150,10 @@ class FrameEmbedding(nnx.Module):
     without it a frame can only learn where it sits from the zero padding at the clip's ends. A
     caption's direction of motion is a statement about where the object is early versus late in
     the clip, i.e. about (position in clip) x (words); the hidden layer sees both, so that product
-    is one layer away instead of having to emerge deep inside the U-Net. Positions are normalised,
-    (i + 0.5) / T, so a temporally downsampled level sees the centres of the frames it pools. The
-    output layer is zero-initialised: the inflated STUNet still equals the T2I U-Net per frame at init.
+    is one layer away instead of having to emerge deep inside the U-Net. Positions (`positions`)
+    are in units of the model's input length, at the centres of the frames a level pools, so a
+    temporally downsampled level sees where its frames sit. The output layer is zero-initialised:
+    the inflated STUNet still equals the T2I U-Net per frame at init.
     """
 
     def __init__(self, channels: int, text_channels: int, emb_dim: int, rngs: nnx.Rngs, dtype=jnp.float32):
@@ -159,9 +163,29 @@ class FrameEmbedding(nnx.Module):
         self.text = dense(text_channels, emb_dim, rngs, dtype=dtype, in_axis=None)
         self.out = dense(emb_dim, emb_dim, rngs, dtype=dtype, kernel_init=zeros, in_axis=axes.MLP, out_axis=axes.EMBED)
 
-    def __call__(self, pooled_text: jax.Array, frames: int) -> jax.Array:
-        """pooled_text (B, text_channels) -> (B, frames, emb_dim)."""
-        position = (jnp.arange(frames, dtype=jnp.float32) + 0.5) / frames
-        features = sinusoidal_features(position, self.channels).astype(self.position.dtype)
-        hidden = self.position(features)[None] + self.text(pooled_text)[:, None]
+    @staticmethod
+    def positions(frames: int, clip_frames: int, start: Optional[jax.Array] = None) -> jax.Array:
+        """The places of a level's `frames` frames, (1, frames) or (B, frames) with `start`.
+
+        Without `start` (model.temporal.frame_position='clip'): (j + 0.5) / frames, counted from the
+        model's input, whatever clip it was cut from. With `start` (B,) ('global'), the first frame
+        of the input in a longer clip: start / clip_frames + (j + 0.5) / frames, i.e. the centre of
+        the input frames level frame j pools, start + f (j + 0.5) at downsampling f = clip_frames /
+        frames, in units of the input length: a frame of a long clip gets the same position in
+        every window that holds it, and start 0 gives the 'clip' positions exactly. Positions past
+        1 are what the sinusoid features are for: at sinusoidal_features' lowest frequency
+        (1000 t x 1e-4 rad) they stay distinct up to t = 2 pi x 10, about 60 training lengths.
+        """
+        local = (jnp.arange(frames, dtype=jnp.float32) + 0.5) / frames
+        if start is None:
+            return local[None]
+        return jnp.asarray(start, jnp.float32)[:, None] / clip_frames + local[None]
+
+    def __call__(self, pooled_text: jax.Array, positions) -> jax.Array:
+        """pooled_text (B, text_channels), positions (1 or B, frames) from `positions`, or a frame count
+        (a whole clip's own positions) -> (B, frames, emb_dim)."""
+        if isinstance(positions, int):
+            positions = self.positions(positions, positions)
+        features = sinusoidal_features(positions.reshape(-1), self.channels).astype(self.position.dtype)
+        hidden = self.position(features).reshape(*positions.shape, -1) + self.text(pooled_text)[:, None]
         return self.out(jax.nn.silu(hidden))

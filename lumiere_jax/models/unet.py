@@ -36,7 +36,7 @@ from lumiere_jax.models.layers import (
     zeros,
 )
 from lumiere_jax.models.temporal import (
-    FrameEmbedding, TemporalAttention, TemporalConvBlock, TemporalDownsample, TemporalUpsample,
+    FRAME_POSITIONS, FrameEmbedding, TemporalAttention, TemporalConvBlock, TemporalDownsample, TemporalUpsample,
 )
 from lumiere_jax.parallel import axes
 from lumiere_jax.parallel.sharding import create_sharded
@@ -77,6 +77,8 @@ class UNetConfig:
     temporal_max_relative_distance: int = 32
     temporal_frame_embedding: bool = False
     temporal_conditioned_convs: bool = False
+    temporal_frame_position: str = "clip"
+    temporal_max_clip_frames: int = 0
     block_set: str = "imagen"
     res_blocks_per_level: Sequence[int] = ()
     emb_dim: int = 0
@@ -104,6 +106,8 @@ class UNetConfig:
             # exports written before these options existed lack the keys
             temporal_frame_embedding=bool(t.get("frame_embedding", False)),
             temporal_conditioned_convs=bool(t.get("conditioned_convs", False)),
+            temporal_frame_position=t.get("frame_position", "clip"),
+            temporal_max_clip_frames=int(t.get("max_clip_frames", 0)),
             block_set=model.get("block_set", "imagen"),
             res_blocks_per_level=tuple(model.get("res_blocks_per_level", ())),
             emb_dim=model.get("emb_dim", 0), learned_variance=bool(model.get("learned_variance", False)),
@@ -146,6 +150,12 @@ class UNetConfig:
             problems.append(f"model.temporal.conv_kernel={self.temporal_conv_kernel} must be odd and positive")
         if self.temporal_attention_depth < 0 or self.temporal_max_relative_distance < 1:
             problems.append("model.temporal.attention_depth must be >= 0 and max_relative_distance >= 1")
+        if self.temporal_frame_position not in FRAME_POSITIONS:
+            problems.append(f"model.temporal.frame_position={self.temporal_frame_position!r} is not one of "
+                            f"{FRAME_POSITIONS}")
+        if self.temporal_max_clip_frames < 0:
+            problems.append(f"model.temporal.max_clip_frames={self.temporal_max_clip_frames} must be >= 0 (0: the "
+                            "training length)")
         if self.patch_size < 1:
             problems.append(f"model.patch_size={self.patch_size} must be >= 1")
         if self.num_res_blocks < 1 or self.in_channels < 1 or self.conditioning_channels < 0:
@@ -208,6 +218,20 @@ class UNetConfig:
     def frame_factor(self) -> int:
         """The number of frames must be a multiple of this: 2**(number of temporal downsamplings)."""
         return 2 ** len(self.temporal_downsample_levels) if self.temporal else 1
+
+    @property
+    def windows_share_positions(self) -> bool:
+        """False when windows of a longer clip would tell a frame different positions: a frame
+        embedding counting from each window's start (model.temporal.frame_position='clip')."""
+        return not (self.temporal and self.temporal_frame_embedding and self.temporal_frame_position == "clip")
+
+    @property
+    def longest_clip(self) -> Optional[int]:
+        """The most frames whose positions a 'global' frame embedding saw in training (None: any length,
+        as the model reads no absolute position; 0: the training length)."""
+        if not (self.temporal and self.temporal_frame_embedding):
+            return None
+        return self.temporal_max_clip_frames
 
     def check_frames(self, frames: int) -> None:
         if frames % self.frame_factor:
@@ -382,6 +406,22 @@ class UNet(nnx.Module):
         if aug_logsnr is not None and aug_logsnr.shape != (x.shape[0],):
             raise ValueError(f"aug_logsnr must have shape ({x.shape[0]},), got {aug_logsnr.shape}")
 
+    def _check_frame_start(self, frame_start, batch: int) -> None:
+        if frame_start is None:
+            return
+        if self.cfg.temporal_frame_position != "global":
+            raise ValueError("frame_start is read only by model.temporal.frame_position='global' (this model counts "
+                             f"frames from each clip's start: {self.cfg.temporal_frame_position!r}); pass None")
+        if jnp.shape(frame_start) != (batch,):
+            raise ValueError(f"frame_start must have shape ({batch},), got {jnp.shape(frame_start)}")
+
+    def frame_embedding(self, pooled, frames: int, clip_frames: int, frame_start=None) -> jax.Array:
+        """The per-frame term the forward pass adds to the embedding of a level with `frames` frames,
+        for an input of `clip_frames` frames starting at `frame_start` (B,) of a longer clip
+        (None: counted from the input's start); pooled (B, text channels) -> (B, frames, emb)."""
+        module = self.temporal_frame_embedding
+        return module(pooled, module.positions(frames, clip_frames, frame_start))
+
     def _run(self, module, *args):
         """Calls a block, rematerialised in the backward pass when `model.remat` asks for it."""
         if self.cfg.remat == "none":
@@ -410,13 +450,16 @@ class UNet(nnx.Module):
         return h
 
     # -- forward -------------------------------------------------------------------------------
-    def __call__(self, x, logsnr, text=None, text_mask=None, *, image_mode: bool = False, aug_logsnr=None):
+    def __call__(self, x, logsnr, text=None, text_mask=None, *, image_mode: bool = False, aug_logsnr=None,
+                 frame_start=None):
         """Predicts the diffusion target for noisy video `x` (B, T, H, W, C) at noise level `logsnr` (B,).
 
         `text` (B, L, text_dim) and `text_mask` (B, L) are the frozen text-encoder token embeddings;
         None means the null prompt. With `model.conditioning_channels` set, the last channels of `x`
         are the conditioning video (and mask); with `model.aug_conditioning`, `aug_logsnr` (B,) is the
-        noise level of the augmentation applied to that conditioning (SSR). Returns (B, T, H, W,
+        noise level of the augmentation applied to that conditioning (SSR). `frame_start` (B,) is the
+        first frame of this window in a longer clip (model.temporal.frame_position='global': the frame
+        embedding then reads each frame's place in the long clip; None: 0). Returns (B, T, H, W,
         model.out_channels): the prediction, then with `learned_variance` IF's variance channels.
         """
         cfg = self.cfg
@@ -426,7 +469,9 @@ class UNet(nnx.Module):
             text = jnp.zeros((b, 1, cfg.text_dim), dt)
             text_mask = jnp.zeros((b, 1), bool)
         self._check_inputs(x, logsnr, text, text_mask, image_mode, aug_logsnr)
+        self._check_frame_start(frame_start, b)
         temporal = cfg.temporal and not image_mode
+        clip_frames = frames
 
         text = text.astype(dt)
         text_tokens = self.text_proj(text if self.text_norm is None else self.text_norm(text))
@@ -444,7 +489,8 @@ class UNet(nnx.Module):
                 rep = lambda a: jnp.repeat(a, n_frames, axis=0)  # noqa: E731
                 frame_emb = rep(emb)
                 if temporal and self.temporal_frame_embedding is not None:  # frames are folded batch-major
-                    frame_emb = frame_emb + self.temporal_frame_embedding(pooled, n_frames).reshape(frame_emb.shape)
+                    frame_emb = frame_emb + self.frame_embedding(pooled, n_frames, clip_frames, frame_start).reshape(
+                        frame_emb.shape)
                 per_frame[n_frames] = (frame_emb, rep(text_tokens), rep(text_mask))
             return per_frame[n_frames]
 
@@ -480,6 +526,19 @@ class UNet(nnx.Module):
 
         out = unpatchify(self.out_conv(cfg.activation(self.out_norm(h))), cfg.patch_size)
         return out.reshape(b, -1, *out.shape[1:]).astype(jnp.float32)
+
+
+def training_frame_starts(cfg: UNetConfig, rng: jax.Array, batch: int, frames: int) -> Optional[jax.Array]:
+    """(batch,) int32 random first frames, for a model whose frame embedding counts from a long clip's
+    start (model.temporal.frame_position='global'): each training clip plays a window of a clip of up
+    to model.temporal.max_clip_frames frames, at a start drawn uniformly from the multiples of the
+    temporal downsampling that keep it inside, so every window position a sampler asks for was seen.
+    None (every clip at start 0, the 'clip' positions) for any other model or a max_clip_frames not
+    longer than the clip."""
+    if cfg.temporal_frame_position != "global" or cfg.longest_clip is None or cfg.temporal_max_clip_frames <= frames:
+        return None
+    factor = cfg.frame_factor
+    return jax.random.randint(rng, (batch,), 0, (cfg.temporal_max_clip_frames - frames) // factor + 1) * factor
 
 
 def build_unet(model_config, *, seed: int = 0, temporal: Optional[bool] = None, mesh=None, rules=None) -> UNet:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lumiere_jax import diffusion
-from lumiere_jax.diffusion.multidiffusion import window_starts
+from lumiere_jax.diffusion.multidiffusion import window_count
 from lumiere_jax.models.unet import UNet, UNetConfig
 from lumiere_jax.parallel import abstract_sharded, batch_shard_count, batch_sharding, state_shardings
 from lumiere_jax.sample.generate import clip_model_fn, null_of
@@ -63,14 +63,15 @@ def denoise_program(config, mesh, rules, batch_size: int) -> DenoiseProgram:
     graphdef, state = nnx.split(model)
     settings = diffusion.sampler_settings_from_config(config.sample)
     parameterization = diffusion.parameterization_from_config(config.diffusion)
-    windows = len(window_starts(frames, window, overlap)) if window < frames else 1
+    aggregation = "average" if config.ssr.enabled else config.sample.window_aggregation
+    windows = window_count(frames, window, overlap, aggregation)
 
     def constrain(x):
         return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, rules, x.ndim))
 
     def fn(state, z, logsnr, cond):
         model_fn = clip_model_fn(nnx.merge(graphdef, state), frames, window, overlap, constrain,
-                                 windows_in_sequence=config.sample.windows_in_sequence)
+                                 windows_in_sequence=config.sample.windows_in_sequence, aggregation=aggregation)
         predict = diffusion.classifier_free_guidance(model_fn, cond, null_of(cond), settings.guidance_scale)
         x0, _ = diffusion.denoise(predict, z, logsnr, parameterization, settings.threshold_percentile,
                                   settings.threshold_max)

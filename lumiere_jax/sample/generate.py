@@ -15,25 +15,68 @@ import jax
 import jax.numpy as jnp
 
 from lumiere_jax import diffusion
-from lumiere_jax.diffusion.multidiffusion import multidiffusion
+from lumiere_jax.diffusion.multidiffusion import check_aggregation, check_window_layout, multidiffusion
 from lumiere_jax.models.conditioning import FRAME_KEYS, call_model
 from lumiere_jax.sample.masks import split_known
 
 
+LAYOUT_NAMES = ("sample.num_frames", "sample.window_overlap")
+
+
+def window_alignment(cfg) -> int:
+    """Windows of a model whose frame embedding counts from the long clip's start begin on multiples
+    of its temporal downsampling, as its training offsets do: a coarse frame then pools the same
+    input frames in every window. 1 (any start) for every other model."""
+    global_positions = cfg.temporal and cfg.temporal_frame_embedding and cfg.temporal_frame_position == "global"
+    return cfg.frame_factor if global_positions else 1
+
+
+def check_long_clip(cfg, num_frames: int, window: int, overlap: int, aggregation: str = "average",
+                    names: tuple[str, str] = LAYOUT_NAMES) -> None:
+    """Errors for a clip longer than `window` that this model (a UNetConfig) cannot sample in windows,
+    or a window layout that does not cover it; nothing for a clip that fits one window."""
+    check_aggregation(aggregation)
+    if num_frames <= window:
+        return
+    if not cfg.windows_share_positions:
+        raise ValueError(
+            f"{names[0]}={num_frames} is longer than the model's {window}-frame window, and its frame embedding "
+            "(model.temporal.frame_embedding) counts each frame from its window's start "
+            "(model.temporal.frame_position='clip'): overlapping windows would tell a frame different places, "
+            f"disagree, and leave jumps at their boundaries. Sample {window} frames, or sample.image_mode=True "
+            "(frame-wise), or use a checkpoint trained with model.temporal.frame_position='global' and "
+            f"model.temporal.max_clip_frames >= {num_frames} on clips of any length (configs/demo_long.py)")
+    longest = cfg.longest_clip
+    if longest is not None and num_frames > max(longest, window):
+        raise ValueError(
+            f"{names[0]}={num_frames}: this model learnt frame positions for clips of up to {max(longest, window)} "
+            f"frames (model.temporal.max_clip_frames={longest}); sample at most that many, or train with "
+            f"model.temporal.max_clip_frames >= {num_frames}")
+    check_window_layout(num_frames, window, overlap, window_alignment(cfg), names)
+    if aggregation == "independent":
+        check_window_layout(num_frames, window, 0, window_alignment(cfg), names)
+
+
 def clip_model_fn(model, num_frames: int, window: Optional[int], overlap: int,
                   constrain: Optional[Callable] = None, image_mode: bool = False,
-                  windows_in_sequence: bool = False) -> Callable:
+                  windows_in_sequence: bool = False, aggregation: str = "average") -> Callable:
     """fn(z, logsnr, cond) over a whole clip: directly, or with temporal MultiDiffusion when the
-    model's window is shorter than the clip (`windows_in_sequence`: one window per model call).
-    `image_mode` bypasses the temporal modules, so every frame is denoised on its own (no windows
-    needed)."""
+    model's window is shorter than the clip (`windows_in_sequence`: one window per model call;
+    `aggregation`: how the windows are put together, multidiffusion.AGGREGATIONS). A model whose
+    frame embedding counts from the long clip's start (model.temporal.frame_position='global') is
+    told each window's first frame. `image_mode` bypasses the temporal modules, so every frame is
+    denoised on its own (no windows needed)."""
     if image_mode or window is None or window >= num_frames:
         return lambda z, logsnr, cond: call_model(model, z, logsnr, cond, image_mode=image_mode)
+    cfg = model.cfg
+    check_long_clip(cfg, num_frames, window, overlap, aggregation)
 
     def window_fn(z, logsnr, frame_cond, example_cond):
         return call_model(model, z, logsnr, {**frame_cond, **example_cond})
 
-    clip_fn = multidiffusion(window_fn, num_frames, window, overlap, constrain, windows_in_sequence)
+    align = window_alignment(cfg)
+    clip_fn = multidiffusion(window_fn, num_frames, window, overlap, constrain, windows_in_sequence, aggregation,
+                             align, start_key="frame_start" if align > 1 else None)
 
     def fn(z, logsnr, cond):
         frame = {k: v for k, v in cond.items() if k in FRAME_KEYS}
@@ -49,12 +92,14 @@ def null_of(cond: dict) -> dict:
 
 
 def generate(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, num_steps: Optional[int] = None,
-             window: Optional[int] = None, overlap: int = 2, constrain: Optional[Callable] = None,
+             window: Optional[int] = None, overlap: int = 2, aggregation: str = "average",
+             constrain: Optional[Callable] = None,
              image_mode: bool = False, known: Optional[jax.Array] = None, replacement: bool = False,
              init: Optional[jax.Array] = None, strength: float = 1.0,
              negative: Optional[dict] = None) -> jax.Array:
     """Samples clips shaped like `noise` (B, T, H, W, C) in [-1, 1] with config.sample settings;
-    `image_mode` generates every frame independently (temporal modules bypassed).
+    `image_mode` generates every frame independently (temporal modules bypassed). A clip longer
+    than `window` is sampled in windows (`overlap`, `aggregation`: `clip_model_fn`).
 
     `known` (B, T, H, W, 4) = ⟨C, M⟩ (`lumiere_jax.sample.masks.known_input`) conditions a
     conditional-task model through its extra channels (windowed with the clip), or with
@@ -92,7 +137,7 @@ def generate(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, num
         else:
             cond = dict(cond, known=known)
     model_fn = clip_model_fn(model, noise.shape[1], window, overlap, constrain, image_mode,
-                             config.sample.get("windows_in_sequence", False))
+                             config.sample.get("windows_in_sequence", False), aggregation)
     uncond = null_of(cond) if negative is None else dict(cond, **negative)
     predict = diffusion.classifier_free_guidance(model_fn, cond, uncond, settings.guidance_scale)
     video = jnp.clip(diffusion.sample(predict, noise, rng, schedule, settings, parameterization=parameterization,

@@ -33,7 +33,7 @@ from lumiere_jax.models.weights import check_style_alpha, interpolate_spatial, l
 from lumiere_jax.parallel import batch_shard_count, batch_sharding, create_sharded, logical_axis_rules, mesh_from_config
 from lumiere_jax.provenance.fingerprint import model_sha256
 from lumiere_jax.provenance.stamp import Stamp
-from lumiere_jax.sample.generate import generate, paste_known
+from lumiere_jax.sample.generate import check_long_clip, generate, paste_known
 from lumiere_jax.sample.masks import KNOWN_CHANNELS, known_input
 from lumiere_jax.sample.tasks import build_known, check_task, load_inputs, load_requests
 from lumiere_jax.sample.video_io import contact_sheet, enlarge, to_uint8, write_gif, write_mp4, write_png
@@ -165,7 +165,7 @@ class StageRunner:
     """One jitted sampler per stage, fed batches of prompts placed on the mesh's batch axes."""
 
     def __init__(self, model, config, frames: int, size: int, window: int, overlap: int, mesh, rules, aug=None,
-                 image_mode: bool = False, replacement: bool = False):
+                 image_mode: bool = False, replacement: bool = False, aggregation: str = "average"):
         graphdef, self.state = nnx.split(model)
         self.mesh, self.rules = mesh, rules
         self.frames, self.size, self.aug, self.config = frames, size, aug, config
@@ -186,7 +186,7 @@ class StageRunner:
                 noisy = jax.vmap(lambda r, x, a: diffusion.noise_augment(r, x[None], a)[0][0])(aug_rng, lowres, aug)
                 cond.update(lowres=noisy, aug=aug)
             return generate(model, cond, noise, jax.random.fold_in(keys[0], 2), config, window=window,
-                            overlap=overlap, constrain=constrain, image_mode=image_mode, known=known,
+                            overlap=overlap, aggregation=aggregation, constrain=constrain, image_mode=image_mode, known=known,
                             replacement=replacement, init=init, strength=config.sample.strength,
                             negative=negative)
 
@@ -220,6 +220,11 @@ def sample(config, workdir) -> dict:
         raise ValueError(f"sample.num_frames={frames} is shorter than the base model's {train_frames} frames")
     if s.batch_size < 1:
         raise ValueError(f"sample.batch_size={s.batch_size} must be >= 1")
+    if not s.image_mode:
+        check_long_clip(base.model_config, frames, train_frames, s.window_overlap, s.window_aggregation)
+    if ssr is not None:
+        check_long_clip(ssr.model_config, frames, ssr.config.ssr.window, ssr.config.ssr.overlap,
+                        names=("sample.num_frames", "the SSR's ssr.overlap"))
     size = base.config.data.resolution
     loaded = [load_inputs(s.task, r, frames, s.fps) for r in requests]
     known, clips, task_info = known_inputs(s.task, loaded, size, frames, size)
@@ -252,7 +257,8 @@ def sample(config, workdir) -> dict:
     stamp.checkpoints["base"] = model_sha256(model)  # before a style changes its spatial weights
     style = interpolate_spatial(model, s.style_checkpoint, s.style_alpha) if s.style_checkpoint else None
     base_runner = StageRunner(model, base.sampling_config(config), frames, size, train_frames, s.window_overlap,
-                              mesh, rules, image_mode=s.image_mode, replacement=replacement)
+                              mesh, rules, image_mode=s.image_mode, replacement=replacement,
+                              aggregation=s.window_aggregation)
     videos = np.zeros((len(prompts), frames, size, size, 3), np.float32)
     for rows in tqdm(batches, desc="base", disable=jax.process_index() != 0):
         out = base_runner(padded(rows, emb), padded(rows, mask), padded(rows, negative), None, padded(rows, known),
@@ -301,6 +307,8 @@ def sample(config, workdir) -> dict:
         record["task_inputs"] = info
         record["negative_prompt"] = request.negative_prompt or None
     report = {"samples": records, "settings": settings, "timings": {k: round(v, 2) for k, v in timings.items()}}
+    if frames > train_frames and not s.image_mode:  # what the evaluator's seam measure reads
+        report["windows"] = {"window": train_frames, "overlap": s.window_overlap, "aggregation": s.window_aggregation}
     if jax.process_index() == 0:
         (workdir / "samples.json").write_text(json.dumps(report, indent=2))
     return report

@@ -16,6 +16,7 @@ from flax import nnx
 
 from lumiere_jax import diffusion
 from lumiere_jax.models.conditioning import call_model, upsample
+from lumiere_jax.models.unet import training_frame_starts
 from lumiere_jax.sample.masks import KNOWN_CHANNELS
 from lumiere_jax.text.conditioning import text_conditioning
 from lumiere_jax.text.conventions import encodes_null_prompt, null_conditioning, unet_mask
@@ -24,6 +25,7 @@ from lumiere_jax.train.mask_mix import draw_conditions, mix_probabilities
 from lumiere_jax.train.state import TrainState
 
 NUM_BANDS = 4  # loss is also reported per quarter of (unshifted cosine) noise time
+FRAME_START_STREAM = 5  # fold_in of the step's key for the frame starts: the other draws stay what they were
 STEP_KEYS = ("video", "video_hires", "text_embeddings", "text_mask", "text_tokens", "is_image")
 
 
@@ -104,6 +106,10 @@ def make_train_step(graphdef: nnx.GraphDef, config, schedule_fn: optax.Schedule,
             cond["lowres"], cond["aug"] = diffusion.random_noise_augment(aug_rng, lowres, aug_range)
         elif conditional:  # Lumiere's conditional tasks: a random known-pixel mask per example
             x0, cond["known"] = draw_conditions(mask_rng, x0, train.masks)
+
+        starts = training_frame_starts(model.cfg, jax.random.fold_in(rng, FRAME_START_STREAM), *x0.shape[:2])
+        if starts is not None and not image_mode:  # frame_position='global': a window of a longer clip
+            cond["frame_start"] = starts
 
         def model_fn(z, logsnr):
             out = call_model(model, z, logsnr, cond, image_mode=image_mode)
