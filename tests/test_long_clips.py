@@ -196,13 +196,15 @@ def test_windows_of_a_framewise_model_equal_whole_clip_sampling_for_every_aggreg
     cond = {"text": jax.random.normal(jax.random.key(5), (1, 4, 32)), "mask": jnp.ones((1, 4), bool)}
     noise = jax.random.normal(jax.random.key(6), (1, 12, 16, 16, 3))
 
-    def run(window, aggregation):
-        return jax.jit(lambda n: generate(model, cond, n, jax.random.key(7), config, num_steps=2, window=window,
-                                          overlap=2, aggregation=aggregation))(noise)
+    @jax.jit  # one program for all: a quarter of the compile time of four
+    def run(n):
+        sample = lambda window, aggregation: generate(model, cond, n, jax.random.key(7), config,  # noqa: E731
+                                                      num_steps=2, window=window, overlap=2, aggregation=aggregation)
+        return sample(None, "average"), [sample(4, aggregation) for aggregation in AGGREGATIONS]
 
-    whole = run(None, "average")
-    for aggregation in AGGREGATIONS:
-        np.testing.assert_allclose(run(4, aggregation), whole, atol=2e-5, err_msg=aggregation)
+    whole, windowed = run(noise)
+    for aggregation, clip in zip(AGGREGATIONS, windowed):
+        np.testing.assert_allclose(clip, whole, atol=2e-5, err_msg=aggregation)
 
 
 def test_a_global_position_stunet_samples_long_clips_in_shifted_windows(positioned):
@@ -337,3 +339,42 @@ def test_the_train_step_shows_each_clip_at_a_random_start_of_a_long_clip():
     finally:
         UNet.__call__ = original
     assert seen[0].shape == (8,) and seen[0].dtype == jnp.int32  # 'clip' positions: training_frame_starts is None
+
+
+def test_the_sampling_job_refuses_before_building_and_the_evaluator_reads_its_layout(positioned, tmp_path):
+    """The job's checks run on the export's config before any model is built; an evaluation of long
+    clips reads the window layout the job wrote into samples.json and reports their seams."""
+    import json
+
+    from lumiere_jax.evaluation import evaluate_samples, summary
+    from lumiere_jax.models.weights import save_weights
+    from lumiere_jax.sample.job import sample
+    from sample_helpers import sample_config
+
+    base = tmp_path / "clip_positions"
+    save_weights(base, nnx.state(positioned["clip"], nnx.Param), json.loads(long_clip_config("clip").to_json()))
+    config = sample_config(tmp_path, base, None)
+    config.sample.num_frames = 16
+    with pytest.raises(ValueError, match="sample.num_frames=16 is longer than the model's 8-frame window"):
+        sample(config, tmp_path / "out")
+    config.sample.num_frames, config.sample.image_mode = 8, False
+    config.sample.window_aggregation = "blend"
+    with pytest.raises(ValueError, match="'blend' is not one of"):
+        sample(config, tmp_path / "out")
+
+    workdir = tmp_path / "long"
+    workdir.mkdir()
+    settings = {**TRAIN, "num_frames": 32, "sizes": [32], "motion": "stationary"}
+    records = [synthetic.make_example(i, settings) for i in range(2)]
+    for i, record in enumerate(records):
+        np.savez_compressed(workdir / f"{i}.npz", frames=record.frames)
+    layout = {"window": 16, "overlap": 8, "aggregation": "shifted"}
+    (workdir / "samples.json").write_text(json.dumps({
+        "samples": [{"prompt": r.caption, "npz": str(workdir / f"{i}.npz")} for i, r in enumerate(records)],
+        "settings": {}, "windows": layout}))
+    report = evaluate_samples(workdir, progress=False, motion="stationary")
+    assert report["windows"] == layout and report["overall"]["clips_with_seams"] == 2
+    assert report["overall"]["worst_seam_ratio"] <= 1.0 and report["overall"]["direction_accuracy"] == 1.0
+    assert "seams (2 clips, 16-frame windows, overlap 8, shifted)" in summary(report)
+    with pytest.raises(ValueError, match="lacks \\['aggregation'\\]"):
+        evaluate_samples(workdir, progress=False, layout={"window": 16, "overlap": 8})

@@ -162,7 +162,9 @@ def find_object(frame: np.ndarray) -> Optional[Frame]:
     if mass <= 0:
         return None
     ys, xs = np.mgrid[0:size, 0:size] + 0.5
-    centroid = np.array([(core * xs).sum(), (core * ys).sum()]) / mass
+    # Weights below the background level are negative, so a faint region among brighter noise can put
+    # the weighted mean outside the frame; it is kept on the frame (the shape fits crop around it).
+    centroid = np.clip(np.array([(core * xs).sum(), (core * ys).sum()]) / mass, 0.0, size - 1e-3)
     chroma = (frame[region] * brightness[region, None]).sum(0)
     chroma /= chroma.max()
     color = int(np.argmin(((PALETTE - chroma) ** 2).sum(-1)))
