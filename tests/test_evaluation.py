@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data_pipelines.synthetic import COLORS, DIRECTIONS, SHAPES, caption, make_example, render
-from lumiere_jax.evaluation import evaluate_clips, evaluate_samples, parse_prompt, summary
+from lumiere_jax.evaluation import analyze_clip, evaluate_clips, evaluate_samples, parse_prompt, summary
 from lumiere_jax.evaluation import validate
 from lumiere_jax.evaluation.synthetic import MIN_TRAVEL, find_object, fit_direction, track_jitter
 
@@ -167,6 +167,17 @@ def test_presence_needs_one_object_of_the_domains_size():
     big[:, :] = 1.0  # all of it: no background to stand out from
     assert not present(big)
     assert find_object(np.zeros_like(frame)) is None
+
+
+def test_a_faint_region_among_brighter_background_stays_on_the_frame():
+    """Weights below the background level are negative: a faint bright patch at the border ringed by
+    darker pixels once put the centroid outside the frame, and the shape fit's crop then crashed."""
+    frame = np.full((32, 32, 3), 0.45, np.float32)
+    frame[10:13, 0:2] = 0.6  # just above the foreground threshold, at the left border
+    frame[9:14, 2] = 0.3  # a darker ring on its right, inside the region's grown margin
+    found = find_object(frame)
+    assert found is not None and 0 <= found.centroid[0] < 32 and 0 <= found.centroid[1] < 32
+    analyze_clip(np.stack([frame, frame, frame]))  # scores without crashing
 
 
 def test_float_and_uint8_clips_score_alike(real32):
