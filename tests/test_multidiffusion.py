@@ -47,9 +47,10 @@ def test_split_and_merge_round_trip_and_windows_go_in_one_call():
     np.testing.assert_array_equal(split_windows(x, (0, 6), 4)[2:], x[:, 6:10])
 
 
-def test_windows_in_sequence_give_the_batched_predictions_one_window_per_call():
-    """A window function that mixes frames, conditioning and the noise level, so that a window given
-    another window's frames, conditioning or level would show."""
+@pytest.mark.parametrize("aggregation, windows", [("average", 4), ("independent", 3), ("shifted", 5)])
+def test_windows_in_sequence_give_the_batched_predictions_one_window_per_call(aggregation, windows):
+    """A window function that mixes frames, conditioning, the noise level and the window's first frame,
+    so that a window given another window's frames, conditioning, level or start would show."""
     x = jax.random.normal(jax.random.key(1), (2, 11, 3))
     logsnr = jnp.array([0.5, -2.0])
     calls = []
@@ -57,13 +58,30 @@ def test_windows_in_sequence_give_the_batched_predictions_one_window_per_call():
     def window_fn(z, logsnr_w, frame_cond, example_cond):
         calls.append(z.shape)
         mixed = jnp.cumsum(z, axis=1) * jnp.tanh(frame_cond["f"])
-        return mixed * example_cond["e"][:, None, None] + logsnr_w[:, None, None]
+        shift = logsnr_w + 0.1 * example_cond["start"]
+        return mixed * example_cond["e"][:, None, None] + shift[:, None, None]
 
     args = (x, logsnr, {"f": x[..., ::-1]}, {"e": jnp.array([1.5, -0.5])})
-    batched = multidiffusion(window_fn, 11, 4, 1)(*args)
-    in_sequence = jax.jit(lambda *a: multidiffusion(window_fn, 11, 4, 1, in_sequence=True)(*a))(*args)
+    build = lambda seq: multidiffusion(window_fn, 11, 4, 1, in_sequence=seq, aggregation=aggregation,  # noqa: E731
+                                       start_key="start")
+    batched = build(False)(*args)
+    in_sequence = jax.jit(lambda *a: build(True)(*a))(*args)
     np.testing.assert_allclose(in_sequence, batched, rtol=1e-6, atol=1e-6)
-    assert calls == [(8, 4, 3), (2, 4, 3)]  # 4 windows in one call; then one window (2 examples) per call
+    # all windows in one call; then one window (2 examples) per call
+    assert calls == [(2 * windows, 4, 3), (2, 4, 3)]
+
+
+def test_each_aggregation_takes_a_frame_from_the_windows_it_should():
+    """A window predicts its own first frame everywhere: average gives each frame the mean start of the
+    windows covering it, independent the start of the one window it is taken from (the last)."""
+    def window_fn(z, logsnr, frame_cond, example_cond):
+        return jnp.broadcast_to(example_cond["start"].astype(z.dtype)[:, None, None], z.shape)
+
+    z = jnp.zeros((1, 10, 1))
+    average = multidiffusion(window_fn, 10, 4, 2, start_key="start")(z, jnp.zeros(1), {}, {})[0, :, 0]
+    np.testing.assert_allclose(average, [0, 0, 1, 1, 3, 3, 5, 5, 6, 6])  # windows at 0, 2, 4, 6
+    independent = multidiffusion(window_fn, 10, 4, 2, aggregation="independent", start_key="start")
+    np.testing.assert_array_equal(independent(z, jnp.zeros(1), {}, {})[0, :, 0], [0, 0, 0, 0, 4, 4, 6, 6, 6, 6])
 
 
 def framewise_denoiser(mu=0.3, s=0.5):
