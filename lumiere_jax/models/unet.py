@@ -220,18 +220,29 @@ class UNetConfig:
         return 2 ** len(self.temporal_downsample_levels) if self.temporal else 1
 
     @property
+    def frame_positions(self) -> Optional[str]:
+        """Where the model counts a frame's place from ('clip' or 'global', model.temporal.frame_position),
+        or None for a model that reads no place (no frame embedding, or no temporal modules)."""
+        return self.temporal_frame_position if self.temporal and self.temporal_frame_embedding else None
+
+    @property
     def windows_share_positions(self) -> bool:
         """False when windows of a longer clip would tell a frame different positions: a frame
         embedding counting from each window's start (model.temporal.frame_position='clip')."""
-        return not (self.temporal and self.temporal_frame_embedding and self.temporal_frame_position == "clip")
+        return self.frame_positions != "clip"
 
     @property
     def longest_clip(self) -> Optional[int]:
         """The most frames whose positions a 'global' frame embedding saw in training (None: any length,
-        as the model reads no absolute position; 0: the training length)."""
-        if not (self.temporal and self.temporal_frame_embedding):
-            return None
-        return self.temporal_max_clip_frames
+        as the model reads no place; 0: the training length)."""
+        return None if self.frame_positions is None else self.temporal_max_clip_frames
+
+    @property
+    def window_grid(self) -> int:
+        """Windows of a long clip start on multiples of this: the temporal downsampling for a model
+        counting places from the long clip's start, as its training starts do, so that a coarse frame
+        pools the same input frames in every window; 1 (any start) for every other model."""
+        return self.frame_factor if self.frame_positions == "global" else 1
 
     def check_frames(self, frames: int) -> None:
         if frames % self.frame_factor:
@@ -535,7 +546,7 @@ def training_frame_starts(cfg: UNetConfig, rng: jax.Array, batch: int, frames: i
     temporal downsampling that keep it inside, so every window position a sampler asks for was seen.
     None (every clip at start 0, the 'clip' positions) for any other model or a max_clip_frames not
     longer than the clip."""
-    if cfg.temporal_frame_position != "global" or cfg.longest_clip is None or cfg.temporal_max_clip_frames <= frames:
+    if cfg.frame_positions != "global" or cfg.temporal_max_clip_frames <= frames:
         return None
     factor = cfg.frame_factor
     return jax.random.randint(rng, (batch,), 0, (cfg.temporal_max_clip_frames - frames) // factor + 1) * factor

@@ -23,14 +23,6 @@ from lumiere_jax.sample.masks import split_known
 LAYOUT_NAMES = ("sample.num_frames", "sample.window_overlap")
 
 
-def window_alignment(cfg) -> int:
-    """Windows of a model whose frame embedding counts from the long clip's start begin on multiples
-    of its temporal downsampling, as its training offsets do: a coarse frame then pools the same
-    input frames in every window. 1 (any start) for every other model."""
-    global_positions = cfg.temporal and cfg.temporal_frame_embedding and cfg.temporal_frame_position == "global"
-    return cfg.frame_factor if global_positions else 1
-
-
 def check_long_clip(cfg, num_frames: int, window: int, overlap: int, aggregation: str = "average",
                     names: tuple[str, str] = LAYOUT_NAMES) -> None:
     """Errors for a clip longer than `window` that this model (a UNetConfig) cannot sample in windows,
@@ -52,9 +44,9 @@ def check_long_clip(cfg, num_frames: int, window: int, overlap: int, aggregation
             f"{names[0]}={num_frames}: this model learnt frame positions for clips of up to {max(longest, window)} "
             f"frames (model.temporal.max_clip_frames={longest}); sample at most that many, or train with "
             f"model.temporal.max_clip_frames >= {num_frames}")
-    check_window_layout(num_frames, window, overlap, window_alignment(cfg), names)
+    check_window_layout(num_frames, window, overlap, cfg.window_grid, names)
     if aggregation == "independent":
-        check_window_layout(num_frames, window, 0, window_alignment(cfg), names)
+        check_window_layout(num_frames, window, 0, cfg.window_grid, names)
 
 
 def clip_model_fn(model, num_frames: int, window: Optional[int], overlap: int,
@@ -74,9 +66,8 @@ def clip_model_fn(model, num_frames: int, window: Optional[int], overlap: int,
     def window_fn(z, logsnr, frame_cond, example_cond):
         return call_model(model, z, logsnr, {**frame_cond, **example_cond})
 
-    align = window_alignment(cfg)
     clip_fn = multidiffusion(window_fn, num_frames, window, overlap, constrain, windows_in_sequence, aggregation,
-                             align, start_key="frame_start" if align > 1 else None)
+                             cfg.window_grid, start_key="frame_start" if cfg.frame_positions == "global" else None)
 
     def fn(z, logsnr, cond):
         frame = {k: v for k, v in cond.items() if k in FRAME_KEYS}
