@@ -6,14 +6,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lumiere_jax.models.unet import UNet, UNetConfig
+from lumiere_jax.models.unet import build_unet
 from lumiere_jax.models.weights import save_weights
 from train_helpers import train_config
 
 
 def export_random(config, path: pathlib.Path, seed: int) -> pathlib.Path:
     """An export of a freshly initialised model whose zero-initialised output conv is perturbed."""
-    model = UNet(UNetConfig.from_config(config.model), rngs=nnx.Rngs(seed))
+    model = build_unet(config.model, seed=seed)
     model.out_conv.kernel[...] = 0.05 * jax.random.normal(jax.random.key(seed), model.out_conv.kernel[...].shape)
     save_weights(path, nnx.state(model, nnx.Param), json.loads(config.to_json()))
     return path

@@ -16,7 +16,7 @@ from data_pipelines.clips import resize_cover
 from lumiere_jax import diffusion, parallel
 from lumiere_jax.config import mask_mix_config
 from lumiere_jax.models.conditioning import call_model
-from lumiere_jax.models.unet import UNet, UNetConfig
+from lumiere_jax.models.unet import build_unet
 from lumiere_jax.models.weights import load_weights
 from lumiere_jax.sample import masks
 from lumiere_jax.sample.inputs import read_mask, read_video
@@ -112,9 +112,9 @@ def test_mix_follows_its_weights_and_rejects_bad_ones():
 
 def test_conditional_model_starts_as_the_text_to_video_model(exports):
     config = conditional_config()
-    conditional = UNet(UNetConfig.from_config(config.model), rngs=nnx.Rngs(7))
+    conditional = build_unet(config.model, seed=7)
     assert load_weights(exports["t2v"], conditional) == "unconditional"  # what train.init_from calls
-    t2v = UNet(UNetConfig.from_config(train_config().model), rngs=nnx.Rngs(7))
+    t2v = build_unet(train_config().model, seed=7)
     assert load_weights(exports["t2v"], t2v) == "full"
     z = jax.random.normal(jax.random.key(1), (2, T, S, S, 3))
     logsnr = jnp.array([-3.0, 2.0])

@@ -13,7 +13,7 @@ from lumiere_jax import parallel
 from lumiere_jax.data.shards import iter_records
 from lumiere_jax.diffusion import sdedit_steps
 from lumiere_jax.models import param_groups
-from lumiere_jax.models.unet import UNet, UNetConfig
+from lumiere_jax.models.unet import build_unet
 from lumiere_jax.models.weights import interpolate_spatial, load_weights
 from lumiere_jax.sample.job import sample
 from lumiere_jax.sample.video_io import write_lossless_video
@@ -82,7 +82,7 @@ def spatial_and_temporal(model):
 
 
 def loaded(path):
-    model = UNet(UNetConfig.from_config(train_config().model), rngs=nnx.Rngs(9))
+    model = build_unet(train_config().model, seed=9)
     load_weights(path, model)
     return model
 
@@ -138,7 +138,7 @@ def test_style_fine_tune_trains_only_spatial_weights_and_exports_them_alone(expo
     summary = train(config, tmp_path / "style", ImageBatches(config, mesh, parallel.logical_axis_rules()))
     assert summary["losses"][-1] < summary["losses"][0]
     out = export(config, tmp_path / "style")
-    model = UNet(UNetConfig.from_config(train_config().model), rngs=nnx.Rngs(9))
+    model = build_unet(train_config().model, seed=9)
     assert load_weights(out, model) == "spatial"  # the export holds the spatial weights only
     base_spatial, base_temporal = spatial_and_temporal(loaded(exports["base"]))
     styled = loaded(exports["base"])

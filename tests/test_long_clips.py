@@ -14,9 +14,8 @@ from lumiere_jax.diffusion.multidiffusion import (AGGREGATIONS, check_window_lay
                                                   shifted_starts, window_count)
 from lumiere_jax.evaluation import evaluate_clips
 from lumiere_jax.evaluation.synthetic import seam_measures
-from lumiere_jax.models import temporal
 from lumiere_jax.models.layers import sinusoidal_features
-from lumiere_jax.models.unet import UNet, UNetConfig, training_frame_starts
+from lumiere_jax.models.unet import UNet, UNetConfig, build_unet, training_frame_starts
 from lumiere_jax.sample.generate import check_long_clip, clip_model_fn, generate
 from train_helpers import train_config
 
@@ -35,7 +34,7 @@ def long_clip_config(position="global", frame_embedding=True, max_clip_frames=32
 
 def tiny_model(config, seed=0):
     """Its zero-initialised output layers perturbed, so the frame embedding and the output are not 0."""
-    model = UNet(UNetConfig.from_config(config.model), rngs=nnx.Rngs(seed))
+    model = build_unet(config.model, seed=seed)
     keys = iter(jax.random.split(jax.random.key(seed), 2))
     model.out_conv.kernel[...] = 0.05 * jax.random.normal(next(keys), model.out_conv.kernel[...].shape)
     if getattr(model, "temporal_frame_embedding", None) is not None:

@@ -45,3 +45,18 @@ def test_batch_shard_count_follows_the_batch_rule():
     assert batch_shard_count(mesh, logical_axis_rules()) == 4  # batch over data x fsdp
     assert batch_shard_count(mesh, logical_axis_rules([["batch", "data"]])) == 2
     assert batch_shard_count(mesh, logical_axis_rules([["batch", None]])) == 1
+
+
+def test_a_run_once_program_is_compiled_unoptimised_and_computes_the_same(monkeypatch):
+    """Initialisations are compiled at LLVM level 0 (compile speed; they run once): the same values
+    as the default-optimised program to float rounding, and the option really reaches the compiler."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lumiere_jax.parallel import sharding
+
+    init = jax.jit(lambda: jax.random.normal(jax.random.key(0), (64, 48)) @ jnp.ones((48, 8)) / 7.0)
+    np.testing.assert_allclose(sharding.run_once(init, "cpu"), init(), rtol=1e-6, atol=1e-6)
+    monkeypatch.setitem(sharding.RUN_ONCE_COMPILER_OPTIONS, "cpu", {"xla_backend_optimization_level": "x"})
+    with pytest.raises(Exception, match="xla_backend_optimization_level"):
+        sharding.run_once(jax.jit(lambda: jnp.zeros(3) + 1.0), "cpu")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from configs import ssr_tiny
 from lumiere_jax.models.param_groups import TEMPORAL
-from lumiere_jax.models.unet import UNet, UNetConfig
+from lumiere_jax.models.unet import build_unet
 from lumiere_jax.parallel.mesh import DEFAULT_RULES
 from lumiere_jax.sample.generate import generate
 from lumiere_jax.sample.job import sample
@@ -128,7 +128,7 @@ def test_image_mode_generates_every_frame_on_its_own(tmp_path):
     config = train_config()
     config.sample.num_steps, config.sample.sampler, config.sample.guidance_scale = 2, "ddim", 2.0
     config.sample.threshold_percentile = 0.0  # a clip-wide percentile would couple the frames' scales
-    model = UNet(UNetConfig.from_config(config.model), rngs=nnx.Rngs(0))
+    model = build_unet(config.model)
     keys = iter(jax.random.split(jax.random.key(1), 1000))
     for var in jax.tree.leaves(nnx.state(model, nnx.Any(TEMPORAL, nnx.PathContains("out_conv"))),
                                is_leaf=lambda x: isinstance(x, nnx.Variable)):

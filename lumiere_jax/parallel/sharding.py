@@ -32,11 +32,23 @@ def create_sharded(constructor: Callable[[], M], mesh: Optional[Mesh] = None, ru
     graphdef, abstract_state = nnx.split(nnx.eval_shape(constructor))
     init = lambda: nnx.state(constructor())  # noqa: E731
     if mesh is None:
-        return nnx.merge(graphdef, jax.jit(init)())
+        return nnx.merge(graphdef, run_once(jax.jit(init), jax.devices()[0].platform))
     shardings = state_shardings(abstract_state, mesh, rules)
     with jax.set_mesh(mesh):
-        state = jax.jit(init, out_shardings=shardings)()
+        state = run_once(jax.jit(init, out_shardings=shardings), mesh.devices.flat[0].platform)
     return nnx.merge(graphdef, state)
+
+
+# LLVM's optimisation level on the backends that compile through it. An initialisation runs once:
+# unoptimised code compiles about 3x faster there (the tiny STUNet's: 10.4 -> 2.9 s on 2 CPU cores)
+# and its run time is negligible either way. TPU compiles keep their own defaults.
+RUN_ONCE_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0},
+                             "gpu": {"xla_backend_optimization_level": 0}}
+
+
+def run_once(jitted, platform: str):
+    """Compiles and calls a program that runs a single time (no arguments), compiled for compile speed."""
+    return jitted.lower().compile(compiler_options=RUN_ONCE_COMPILER_OPTIONS.get(platform))()
 
 
 def shard_module(module: M, mesh: Mesh, rules) -> M:
