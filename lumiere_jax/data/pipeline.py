@@ -308,8 +308,9 @@ class DataPipeline:
             if key in batch:
                 batch[key] = _to_unit_range(batch[key])
         batch["image_batch"] = bool(local["is_image"].all())  # the same on every host with mix_by='batch'
-        batch["caption"] = local["caption"]
-        batch["id"] = local["id"]
+        # Copies for the same reason as in _global: a view would keep the worker's block alive.
+        batch["caption"] = np.array(local["caption"])
+        batch["id"] = np.array(local["id"])
         batch["skipped"] = int(local["skipped"].sum())
         self.num_skipped += batch["skipped"]
         return batch
