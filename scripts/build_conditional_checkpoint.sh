@@ -10,11 +10,6 @@ cd "$(dirname "$0")/.."
 source scripts/demo_env.sh
 demo_training_data  # configs/demo.py's data.sources, as build_demo_checkpoint.sh writes them
 run=workdir/demo_conditional/run
-train=(-m lumiere_jax.main --config=configs/demo_conditional.py --workdir="$run" --mode=train)
-$py "${train[@]}"
-$py -m lumiere_jax.main --config=configs/demo_conditional.py --workdir=$run --mode=export
-rm -rf demo/conditional_checkpoint
-mkdir -p demo/conditional_checkpoint
-cp -r $run/export/. demo/conditional_checkpoint/
+train_and_export configs/demo_conditional.py $run demo/conditional_checkpoint
 $py scripts/evaluate_conditional_checkpoint.py --config=configs/demo_conditional.py --run_dir=$run \
-  --train_command="JAX_PLATFORMS=cpu XLA_FLAGS=$XLA_FLAGS python ${train[*]}"
+  --train_command="$train_command"

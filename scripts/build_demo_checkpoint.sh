@@ -8,10 +8,5 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/demo_env.sh
 source scripts/demo_env.sh
 demo_training_data
-train=(-m lumiere_jax.main --config=configs/demo.py --workdir=workdir/demo/run --mode=train)
-$py "${train[@]}"
-$py -m lumiere_jax.main --config=configs/demo.py --workdir=workdir/demo/run --mode=export
-rm -rf demo/checkpoint/params  # a stale file from an earlier export must not survive
-cp -r workdir/demo/run/export/. demo/checkpoint/
-$py scripts/evaluate_demo_checkpoint.py --config=configs/demo.py \
-  --train_command="JAX_PLATFORMS=cpu XLA_FLAGS=$XLA_FLAGS python ${train[*]}"
+train_and_export configs/demo.py workdir/demo/run demo/checkpoint
+$py scripts/evaluate_demo_checkpoint.py --config=configs/demo.py --train_command="$train_command"

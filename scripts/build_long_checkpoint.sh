@@ -16,10 +16,5 @@ mkdir -p demo/long_checkpoint
 $py -m data_pipelines.synthetic --output_dir "$data" --num_examples 4096 --num_frames 16 --sizes 32 \
   --num_shards 4 --workers 2 --heldout "$heldout" --motion stationary >/dev/null
 encode_demo_captions "$data/*.jsonl"
-train=(-m lumiere_jax.main --config=configs/demo_long.py --workdir=workdir/demo_long/run --mode=train)
-$py "${train[@]}"
-$py -m lumiere_jax.main --config=configs/demo_long.py --workdir=workdir/demo_long/run --mode=export
-rm -rf demo/long_checkpoint/params  # a stale file from an earlier export must not survive
-cp -r workdir/demo_long/run/export/. demo/long_checkpoint/
-$py scripts/evaluate_long_checkpoint.py --config=configs/demo_long.py \
-  --train_command="JAX_PLATFORMS=cpu XLA_FLAGS=$XLA_FLAGS python ${train[*]}"
+train_and_export configs/demo_long.py workdir/demo_long/run demo/long_checkpoint
+$py scripts/evaluate_long_checkpoint.py --config=configs/demo_long.py --train_command="$train_command"

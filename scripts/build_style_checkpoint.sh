@@ -13,11 +13,5 @@ $py scripts/make_style_images.py --output_dir $root/images --num_images 256 --he
 $py -m data_pipelines.prepare_images --image_dir $root/images --output_dir $root/data --sizes 32 --num_shards 2 \
   --workers 1 >/dev/null
 encode_demo_captions "$root/data/*.jsonl"
-train=(-m lumiere_jax.main --config=configs/demo_style.py --workdir="$root/run" --mode=train)
-$py "${train[@]}"
-$py -m lumiere_jax.main --config=configs/demo_style.py --workdir=$root/run --mode=export
-rm -rf demo/style_checkpoint
-mkdir -p demo/style_checkpoint
-cp -r $root/run/export/. demo/style_checkpoint/
-$py scripts/evaluate_edit_and_style.py --run_dir=$root/run \
-  --train_command="JAX_PLATFORMS=cpu XLA_FLAGS=$XLA_FLAGS python ${train[*]}"
+train_and_export configs/demo_style.py $root/run demo/style_checkpoint
+$py scripts/evaluate_edit_and_style.py --run_dir=$root/run --train_command="$train_command"
