@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import demo, demo_conditional, demo_style
+from configs import demo, demo_conditional, demo_long, demo_style
 from data_pipelines.synthetic import caption, parse_heldout
 from lumiere_jax.demo import REPORT_NAME, prepare_workdir
 from lumiere_jax.models.unet import UNetConfig
@@ -112,6 +112,34 @@ def test_style_checkpoint_holds_spatial_weights_only_and_meets_the_edit_and_styl
     at_default = styles[str(card["defaults"]["style_alpha"])]
     assert at_default["num_clips"] >= 48 and all(at_default[k] >= v for k, v in demo_style.TARGETS.items())
     assert all(card["targets_met"]["style"].values()) and card["targets_met"]["style_rises_with_alpha"]
+
+
+def test_long_checkpoint_is_scored_on_64_frame_heldout_clips_for_every_aggregation(repo_root):
+    """demo/long_checkpoint (issue 21): its own weights (not demo/checkpoint's), frame positions counted
+    from the long clip, and a provenance file that scores 64-frame held-out clips for every aggregation
+    and overlap: each aggregation's seams are smaller than independent windows' (the baseline)."""
+    directory = repo_root / "demo" / "long_checkpoint"
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= MAX_CHECKPOINT_BYTES
+    assert {"config.json", "vocab.model", "provenance.json"} <= {p.name for p in files}
+    config = demo_long.get_config()
+    exported = json.loads((directory / "config.json").read_text())
+    assert same_model(exported["model"], config.model) and exported["model"]["temporal"]["frame_position"] == "global"
+    assert exported["train"].get("init_from", "") == ""  # trained from scratch
+    card = json.loads((directory / "provenance.json").read_text())
+    assert "--mode=train" in card["train_command"] and "configs/demo_long.py" in card["train_command"]
+    assert card["steps"] == config.train.num_steps and card["heldout_combinations"] == demo_long.HELDOUT
+    assert card["targets_on_heldout_long_clips"] == {"num_frames": demo_long.LONG_FRAMES, **demo_long.TARGETS}
+    scores = card["scores"]
+    chosen = scores[f"{config.sample.window_aggregation}_overlap{config.sample.window_overlap}"]
+    assert chosen["num_frames"] == demo_long.LONG_FRAMES
+    independent = scores.pop("independent_overlap0")["heldout"]
+    assert scores.pop("training_length")["heldout"]["num_clips"] == 24
+    assert set(scores) == {f"{a}_overlap{o}" for a in ("average", "shifted") for o in (8, 12)}
+    for setting in scores.values():
+        held = setting["heldout"]
+        assert held["num_clips"] == held["clips_with_seams"] == 24
+        assert held["seam_ratio"] < independent["seam_ratio"] and held["direction_accuracy"] > 0.25  # chance: 25%
 
 
 def test_prepare_workdir_replaces_a_demo_and_refuses_anything_else(tmp_path):
