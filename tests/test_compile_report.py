@@ -10,9 +10,9 @@ import math
 
 import pytest
 
-from configs import stunet_tiny
 from lumiere_jax.train.compile_report import largest_fitting
 from cli_helpers import libtpu_noise, run_main
+from train_helpers import train_config
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="needs the tpu-aot extra (libtpu)")
@@ -82,11 +82,10 @@ def test_a_program_larger_than_hbm_is_reported_not_raised():
 
 
 def tiny_config(overrides=None):
-    """The tiny STUNet at 8 frames of 16x16 (TPU compile time grows with the shapes), all parameters
-    trained, on a (data 2, fsdp 2) mesh of a 4-chip v5p slice; `overrides` maps dotted keys to values."""
-    config = stunet_tiny.get_config()
-    config.data.num_frames, config.data.resolution, config.data.batch_size = 8, 16, 4
-    config.train.trainable = "all"
+    """The trainer tests' two-level tiny STUNet at 8 frames of 16x16 (TPU compile time grows with the
+    program), all parameters trained, on a (data 2, fsdp 2) mesh of a 4-chip v5p slice; `overrides`
+    maps dotted keys to values."""
+    config = train_config(batch_size=4)
     config.mesh.shape.update({"data": 2, "fsdp": 2, "tensor": 1})
     config.compile.topology = "v5p:2x2x1"
     for key, value in (overrides or {}).items():

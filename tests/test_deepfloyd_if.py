@@ -27,7 +27,7 @@ pytest.importorskip("diffusers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 from if_helpers import (  # noqa: E402  (needs diffusers)
-    STAGE_I, STAGE_II, TEXT_DIM, TEXT_LEN, build_diffusers_unet, diffusers_forward, our_model_config,
+    SMALL_STAGE_I, STAGE_I, STAGE_II, TEXT_DIM, TEXT_LEN, build_diffusers_unet, diffusers_forward, our_model_config,
 )
 
 STEPS = np.array([0, 431, 999])  # DDPM steps: the cleanest, a middle one, pure noise
@@ -84,6 +84,11 @@ def stage_i(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stage_ii(tmp_path_factory):  # saved sharded: diffusion_pytorch_model.safetensors.index.json + shards
     return Stage(STAGE_II, tmp_path_factory.mktemp("if_ii"), max_shard_size="300KB")
+
+
+@pytest.fixture(scope="module")
+def small_stage_i(tmp_path_factory):
+    return Stage(SMALL_STAGE_I, tmp_path_factory.mktemp("if_i_small"))
 
 
 @pytest.fixture(params=["stage_i", "stage_ii"])
@@ -227,8 +232,8 @@ def test_converter_names_missing_unexpected_and_misshapen_tensors(stage_i, tmp_p
         load_diffusers_unet(tmp_path / "other", stage_i.model)
 
 
-def test_temporal_only_training_from_the_checkpoint_keeps_every_converted_weight(stage_i, tmp_path):
-    """train.init_from = the diffusers directory; two steps of train.trainable=temporal; the export's
+def test_temporal_only_training_from_the_checkpoint_keeps_every_converted_weight(small_stage_i, tmp_path):
+    """train.init_from = a (two-level) IF-I diffusers directory; two steps of train.trainable=temporal; the export's
     spatial weights are the converted ones bit for bit, and the temporal ones have moved."""
     import orbax.checkpoint as ocp
     from flax import traverse_util
@@ -237,25 +242,25 @@ def test_temporal_only_training_from_the_checkpoint_keeps_every_converted_weight
     from train_helpers import SyntheticBatches, train_config
 
     config = train_config(steps=2)
-    config.seed = 1  # the temporal initialisation of stage_i.model
-    config.model = our_model_config(stage_i.dcfg, temporal=True)
+    config.seed = 1  # the temporal initialisation of small_stage_i.model
+    config.model = our_model_config(small_stage_i.dcfg, temporal=True)
     config.data.update(num_frames=FRAMES, resolution=16)
     config.text.max_length = TEXT_LEN
     config.diffusion.update(parameterization="eps", schedule="ddpm_cosine")
-    config.train.update(trainable="temporal", init_from=str(stage_i.path), learning_rate=1e-2)
+    config.train.update(trainable="temporal", init_from=str(small_stage_i.path), learning_rate=1e-2)
     mesh = parallel.make_mesh(dict(config.mesh.shape))
     train(config, tmp_path, SyntheticBatches(config, mesh, parallel.logical_axis_rules()))
     with ocp.StandardCheckpointer() as ckpt:
         saved = traverse_util.flatten_dict(ckpt.restore(export(config, tmp_path) / "params"))
-    converted = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(stage_i.model, nnx.Param))}
-    temporal = {p for p, _ in nnx.to_flat_state(nnx.state(stage_i.model, param_groups.TEMPORAL))}
+    converted = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(small_stage_i.model, nnx.Param))}
+    temporal = {p for p, _ in nnx.to_flat_state(nnx.state(small_stage_i.model, param_groups.TEMPORAL))}
     as_key = lambda p: tuple(str(k) for k in p)  # noqa: E731
     saved = {as_key(p): np.asarray(v) for p, v in saved.items()}
     assert saved.keys() == {as_key(p) for p in converted}
     for path, value in converted.items():
         if path not in temporal:
             np.testing.assert_array_equal(saved[as_key(path)], value, err_msg=str(path))
-    moved = [p for p in temporal if not np.array_equal(saved[as_key(p)], stage_i.initial[p])]
+    moved = [p for p in temporal if not np.array_equal(saved[as_key(p)], small_stage_i.initial[p])]
     assert len(moved) > len(temporal) // 3
 
 
