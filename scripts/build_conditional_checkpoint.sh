@@ -10,6 +10,6 @@ cd "$(dirname "$0")/.."
 source scripts/demo_env.sh
 demo_training_data  # configs/demo.py's data.sources, as build_demo_checkpoint.sh writes them
 run=workdir/demo_conditional/run
-train_and_export configs/demo_conditional.py $run demo/conditional_checkpoint
-$py scripts/evaluate_conditional_checkpoint.py --config=configs/demo_conditional.py --run_dir=$run \
+train_and_export configs/demo_conditional.py "$run" demo/conditional_checkpoint
+$py scripts/evaluate_conditional_checkpoint.py --config=configs/demo_conditional.py --run_dir="$run" \
   --train_command="$train_command"

@@ -13,5 +13,5 @@ $py scripts/make_style_images.py --output_dir $root/images --num_images 256 --he
 $py -m data_pipelines.prepare_images --image_dir $root/images --output_dir $root/data --sizes 32 --num_shards 2 \
   --workers 1 >/dev/null
 encode_demo_captions "$root/data/*.jsonl"
-train_and_export configs/demo_style.py $root/run demo/style_checkpoint
-$py scripts/evaluate_edit_and_style.py --run_dir=$root/run --train_command="$train_command"
+train_and_export configs/demo_style.py "$root/run" demo/style_checkpoint
+$py scripts/evaluate_edit_and_style.py --run_dir="$root/run" --train_command="$train_command"

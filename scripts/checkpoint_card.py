@@ -33,6 +33,8 @@ def run_card(config, run_dir: str, train_command: str, config_file: str) -> dict
         "train_command": train_command,
         "config": config_file,
         "steps": run["step"],
+        # wall_seconds covers the last invocation only: steps start_step..steps (0 unless it resumed)
+        "start_step": run["start_step"],
         "wall_seconds": run["wall_seconds"],
         "seconds_per_step": run["last_metrics"]["train/step_seconds"],
         "final_loss": run["losses"][-1],

@@ -34,5 +34,6 @@ train_and_export() {  # $1 config, $2 run directory, $3 checkpoint directory
   rm -rf "$out/params"
   mkdir -p "$out"
   cp -r "$run/export/." "$out/"
+  # shellcheck disable=SC2034  # read by the build scripts that source this file
   train_command="JAX_PLATFORMS=cpu XLA_FLAGS=$XLA_FLAGS python ${train[*]}"
 }

@@ -233,8 +233,8 @@ def test_converter_names_missing_unexpected_and_misshapen_tensors(stage_i, tmp_p
 
 
 def test_temporal_only_training_from_the_checkpoint_keeps_every_converted_weight(small_stage_i, tmp_path):
-    """train.init_from = a (two-level) IF-I diffusers directory; two steps of train.trainable=temporal; the export's
-    spatial weights are the converted ones bit for bit, and the temporal ones have moved."""
+    """train.init_from = a (two-level) IF-I diffusers directory; two steps of train.trainable=temporal; the
+    export's spatial weights are the converted ones bit for bit, and the temporal ones have moved."""
     import orbax.checkpoint as ocp
     from flax import traverse_util
 

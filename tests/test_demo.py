@@ -22,6 +22,13 @@ HELDOUT_PROMPTS = [caption(*combo) for combo in parse_heldout(demo.HELDOUT)]
 MAX_CHECKPOINT_BYTES = 20 * 2**20
 
 
+def small_checkpoint_files(directory) -> set:
+    """The names of a committed checkpoint's files, after checking it stays small enough to commit."""
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= MAX_CHECKPOINT_BYTES
+    return {p.name for p in files}
+
+
 def same_model(exported: dict, model_config) -> bool:
     """The export's model is the one `model_config` builds (settings added since it was written read
     as their defaults, as loading it does)."""
@@ -30,9 +37,7 @@ def same_model(exported: dict, model_config) -> bool:
 
 def test_checkpoint_is_shipped_with_what_sampling_needs(repo_root):
     directory = repo_root / "demo" / "checkpoint"
-    files = [p for p in directory.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) <= MAX_CHECKPOINT_BYTES
-    assert {"config.json", "vocab.model", "provenance.json"} <= {p.name for p in files}
+    assert {"config.json", "vocab.model", "provenance.json"} <= small_checkpoint_files(directory)
     assert (directory / "params").is_dir()
     exported = json.loads((directory / "config.json").read_text())
     config = demo.get_config()
@@ -59,9 +64,7 @@ def test_provenance_records_the_run_and_its_scores(repo_root):
 
 def test_conditional_checkpoint_is_the_demo_model_fine_tuned_with_conditioning(repo_root):
     directory = repo_root / "demo" / "conditional_checkpoint"
-    files = [p for p in directory.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) <= MAX_CHECKPOINT_BYTES
-    assert {"config.json", "provenance.json"} <= {p.name for p in files}
+    assert {"config.json", "provenance.json"} <= small_checkpoint_files(directory)
     exported = json.loads((directory / "config.json").read_text())
     config = demo_conditional.get_config()
     assert same_model(exported["model"], config.model) and exported["model"]["conditioning_channels"] == 4
@@ -89,8 +92,7 @@ def test_conditional_provenance_meets_every_task_target_and_reports_the_baseline
 
 def test_style_checkpoint_holds_spatial_weights_only_and_meets_the_edit_and_style_targets(repo_root):
     directory = repo_root / "demo" / "style_checkpoint"
-    files = [p for p in directory.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) <= MAX_CHECKPOINT_BYTES
+    small_checkpoint_files(directory)
     exported = json.loads((directory / "config.json").read_text())
     assert exported["train"]["trainable"] == "spatial" and exported["train"]["init_from"] == "demo/checkpoint"
     card = json.loads((directory / "provenance.json").read_text())
@@ -119,9 +121,7 @@ def test_long_checkpoint_is_scored_on_64_frame_heldout_clips_for_every_aggregati
     from the long clip, and a provenance file that scores 64-frame held-out clips for every aggregation
     and overlap: each aggregation's seams are smaller than independent windows' (the baseline)."""
     directory = repo_root / "demo" / "long_checkpoint"
-    files = [p for p in directory.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) <= MAX_CHECKPOINT_BYTES
-    assert {"config.json", "vocab.model", "provenance.json"} <= {p.name for p in files}
+    assert {"config.json", "vocab.model", "provenance.json"} <= small_checkpoint_files(directory)
     config = demo_long.get_config()
     exported = json.loads((directory / "config.json").read_text())
     assert same_model(exported["model"], config.model) and exported["model"]["temporal"]["frame_position"] == "global"
