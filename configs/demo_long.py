@@ -14,7 +14,8 @@ What changes from configs/demo.py, and why:
 - Windows overlap by 12 of 16 frames (starts must be multiples of 4: overlap 0, 4, 8 or 12), averaged:
   of the settings demo/long_checkpoint/provenance.json scores at 64 frames (average and shifted at
   overlaps 8 and 12, independent windows), the best direction accuracy with seams half of independent
-  windows'. (Shifted at overlap 12 is average: a 4-frame stride on the 4-frame grid has one tiling.)
+  windows'. (Shifted at overlap 12 is average: a 4-frame stride on the 4-frame grid has one tiling.
+  Extending window by window, demo/long_checkpoint/provenance_extend.json, loses the most presence.)
   None meets TARGETS at the demo's 8 DPM-Solver++ steps; README "Long base-model clips" has the numbers.
 Independent of demo/checkpoint: its own weights and run directory (workdir/demo_long), the same
 caption grammar, vocabulary (copied beside the export) and seeded tiny T5.

@@ -85,8 +85,9 @@ def sample_config() -> ml_collections.ConfigDict:
     s.window_overlap = 2  # frames shared by consecutive base-model windows when num_frames is longer
     # How the base model's windows are put together (lumiere_jax/diffusion/multidiffusion.py): average (the
     # paper's least-squares average of overlapping windows), independent (no aggregation: the baseline), or
-    # shifted (the averaged tiling moved by a new offset every step, so no window boundary stays). SSR keeps
-    # average with ssr.overlap.
+    # shifted (the averaged tiling moved by a new offset every step, so no window boundary stays), or extend
+    # (text-to-video only: the windows sampled one after another, each continuing the frames made before it).
+    # SSR keeps average with ssr.overlap.
     s.window_aggregation = "average"
     s.windows_in_sequence = False  # True: MultiDiffusion calls the model on one window at a time (base and SSR):
     # the same clip for a window count's share of the activation memory (SSR at 1024x1024 on v5p needs it)

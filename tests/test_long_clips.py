@@ -1,5 +1,7 @@
 """Clips longer than the model's window (issue 21): stationary data, frame positions that agree across
 windows, the window aggregations, the evaluator's seam measure, and the errors."""
+import copy
+import functools
 import hashlib
 
 import jax
@@ -10,8 +12,8 @@ from flax import nnx
 
 from data_pipelines import synthetic
 from lumiere_jax import diffusion
-from lumiere_jax.diffusion.multidiffusion import (AGGREGATIONS, check_window_layout, multidiffusion, seam_pairs,
-                                                  shifted_starts, window_count)
+from lumiere_jax.diffusion.multidiffusion import (AGGREGATIONS, check_window_layout, extend_windows, multidiffusion,
+                                                  seam_pairs, shifted_starts, window_count)
 from lumiere_jax.evaluation import evaluate_clips
 from lumiere_jax.evaluation.synthetic import seam_measures
 from lumiere_jax.models.layers import sinusoidal_features
@@ -187,23 +189,33 @@ def test_shifted_tilings_move_cover_the_clip_and_stay_on_the_grid():
 
 
 def test_windows_of_a_framewise_model_equal_whole_clip_sampling_for_every_aggregation():
-    """DDPM: an ancestral step, the sampler where averaging after the step instead of before would show."""
+    """DDPM, an ancestral step (where averaging after the step instead of before would show), for the
+    per-step aggregations; DDIM for extend, whose windows draw their own replacement noise."""
     config = train_config()
     config.model.temporal.enabled = False  # the tiny model, frame-wise
-    config.sample.sampler, config.sample.guidance_scale, config.sample.threshold_percentile = "ddpm", 2.0, 0.0
+    config.sample.guidance_scale, config.sample.threshold_percentile = 2.0, 0.0
     model = tiny_model(config)
     cond = {"text": jax.random.normal(jax.random.key(5), (1, 4, 32)), "mask": jnp.ones((1, 4), bool)}
     noise = jax.random.normal(jax.random.key(6), (1, 12, 16, 16, 3))
+    per_step = [a for a in AGGREGATIONS if a != "extend"]
+    configs = {}
+    for sampler in ("ddpm", "ddim"):
+        configs[sampler] = copy.deepcopy(config)
+        configs[sampler].sample.sampler = sampler
 
-    @jax.jit  # one program for all: a quarter of the compile time of four
+    @jax.jit  # one program for all: a fraction of the compile time of one each
     def run(n):
-        sample = lambda window, aggregation: generate(model, cond, n, jax.random.key(7), config,  # noqa: E731
-                                                      num_steps=2, window=window, overlap=2, aggregation=aggregation)
-        return sample(None, "average"), [sample(4, aggregation) for aggregation in AGGREGATIONS]
+        def sample(window, aggregation, sampler):
+            return generate(model, cond, n, jax.random.key(7), configs[sampler], num_steps=2, window=window,
+                            overlap=2, aggregation=aggregation)
 
-    whole, windowed = run(noise)
-    for aggregation, clip in zip(AGGREGATIONS, windowed):
+        return ([sample(None, "average", "ddpm")] + [sample(4, a, "ddpm") for a in per_step],
+                [sample(None, "average", "ddim"), sample(4, "extend", "ddim")])
+
+    (whole, *windowed), (whole_ddim, extended) = run(noise)
+    for aggregation, clip in zip(per_step, windowed):
         np.testing.assert_allclose(clip, whole, atol=2e-5, err_msg=aggregation)
+    np.testing.assert_allclose(extended, whole_ddim, atol=2e-5, err_msg="extend")
 
 
 def test_a_global_position_stunet_samples_long_clips_in_shifted_windows(positioned):
@@ -231,6 +243,26 @@ def test_a_global_position_stunet_samples_long_clips_in_shifted_windows(position
     assert len(seen) == 1 and seen[0].shape == (2 * window_count(16, 8, 4, "shifted"),)  # both guidance rows
 
 
+def test_a_global_position_stunet_extends_a_clip_from_its_first_window(positioned):
+    """Aggregation 'extend' on the real STUNet: the clip's first window is that window sampled alone,
+    and every later window adds frames (the clip is whole and finite); with known pixels it refuses."""
+    config = long_clip_config("global")
+    config.sample.sampler, config.sample.threshold_percentile = "ddim", 0.0
+    model = positioned["global"]
+    cond = {"text": jax.random.normal(jax.random.key(5), (1, 4, 32)), "mask": jnp.ones((1, 4), bool)}
+    noise = jax.random.normal(jax.random.key(6), (1, 16, 16, 16, 3))
+    rng = jax.random.key(7)
+    extended, alone = jax.jit(lambda n: (
+        generate(model, cond, n, rng, config, num_steps=2, window=8, overlap=4, aggregation="extend"),
+        generate(model, cond, n[:, :8], jax.random.fold_in(rng, 0), config, num_steps=2)))(noise)
+    np.testing.assert_allclose(extended[:, :8], alone, atol=1e-5)
+    assert bool(jnp.isfinite(extended).all()) and float(jnp.abs(extended[:, 8:]).min()) > 0
+    known = jnp.zeros(noise.shape[:-1] + (4,))
+    with pytest.raises(ValueError, match="'extend' makes text-to-video clips"):
+        generate(model, cond, noise, rng, config, window=8, overlap=4, aggregation="extend", known=known,
+                 replacement=True)
+
+
 def smooth_tracks(frames, window, aggregation, tracks=48, length_scale=5.0, steps=16):
     """Centroid-like (x, y) tracks sampled under the smooth-video prior of tests/test_multidiffusion.py,
     in windows put together by `aggregation`: (tracks, frames, 2)."""
@@ -244,12 +276,16 @@ def smooth_tracks(frames, window, aggregation, tracks=48, length_scale=5.0, step
         a, s = alpha[:, None, None], sigma[:, None, None]
         return a * (z - a * x0) / s - s * x0
 
-    md = multidiffusion(lambda z, l, f, e: predict(z, l), frames, window, 2, aggregation=aggregation)
     settings = diffusion.SamplerSettings(sampler="dpmpp_2m", num_steps=steps, ddim_eta=0.0, guidance_scale=1.0,
                                          threshold_percentile=0.0)
     noise = jax.random.normal(jax.random.key(3), (tracks, frames, 2))
-    return np.asarray(diffusion.sample(lambda z, l: md(z, l, {}, {}), noise, jax.random.key(4),
-                                       diffusion.CosineSchedule(), settings, parameterization="v"))
+    run = functools.partial(diffusion.sample, schedule=diffusion.CosineSchedule(), settings=settings,
+                            parameterization="v")
+    if aggregation == "extend":
+        return np.asarray(extend_windows(lambda n, known, start, i: run(predict, n, jax.random.fold_in(
+            jax.random.key(4), i), known=known), noise, window, 2))
+    md = multidiffusion(lambda z, l, f, e: predict(z, l), frames, window, 2, aggregation=aggregation)
+    return np.asarray(run(lambda z, l: md(z, l, {}, {}), noise, jax.random.key(4)))
 
 
 def test_the_seam_measure_of_independent_windows_exceeds_the_aggregated_ones():
@@ -260,7 +296,7 @@ def test_the_seam_measure_of_independent_windows_exceeds_the_aggregated_ones():
         measures = [seam_measures([list(p) for p in track * 0.05], pairs, size, wrap=False)
                     for track in smooth_tracks(frames, window, aggregation)]
         ratios[aggregation] = np.mean([m["seam_ratio"] for m in measures])
-    assert ratios["independent"] > 1.5 * max(ratios["average"], ratios["shifted"]), ratios
+    assert ratios["independent"] > 1.5 * max(ratios["average"], ratios["shifted"], ratios["extend"]), ratios
 
 
 def test_seam_measure_of_a_clip_with_a_jump_at_a_window_boundary():
@@ -359,6 +395,13 @@ def test_the_sampling_job_refuses_before_building_and_the_evaluator_reads_its_la
     config.sample.num_frames, config.sample.image_mode = 8, False
     config.sample.window_aggregation = "blend"
     with pytest.raises(ValueError, match="'blend' is not one of"):
+        sample(config, tmp_path / "out")
+    extended = tmp_path / "global_positions"
+    save_weights(extended, nnx.state(positioned["global"], nnx.Param), json.loads(long_clip_config().to_json()))
+    config = sample_config(tmp_path, extended, None)
+    config.sample.num_frames, config.sample.window_overlap, config.sample.window_aggregation = 16, 4, "extend"
+    config.sample.task, config.sample.input = "edit", str(tmp_path / "clip.mp4")  # refused before it is read
+    with pytest.raises(ValueError, match="'extend' makes text-to-video clips; sample.task='edit'"):
         sample(config, tmp_path / "out")
 
     workdir = tmp_path / "long"

@@ -17,6 +17,13 @@ batched model call, and the window predictions are put back together (the *aggre
                its two sides together. The offset is a function of the noise level, the one thing
                that changes from step to step in the model's view, so the samplers and guidance
                need nothing new (guidance's two branches share a step's tiling).
+  extend       no per-step aggregation: the windows of the averaged tiling are sampled one after
+               another, each with the frames it shares with the clip made so far known (pasted in
+               by the replacement method at every step) and only its new frames generated: temporal
+               extension by conditional sampling (Ho et al. 2022, "Video Diffusion Models", section
+               3.1). Every frame is decided once, by the window that makes it, seeing the frames
+               before it; no two windows average different objects, but what a window gets wrong
+               the next ones continue (README "Long base-model clips"; `extend_windows`).
 
 The aggregation is taken over model *outputs*, before the sampler step, so one global step
 follows; averaging after an ancestral step would average independent noise and shrink its variance.
@@ -31,14 +38,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-AGGREGATIONS = ("average", "independent", "shifted")
+AGGREGATIONS = ("average", "independent", "shifted", "extend")
 
 
 def check_aggregation(name: str) -> str:
     if name not in AGGREGATIONS:
         raise ValueError(f"window aggregation {name!r} is not one of {', '.join(AGGREGATIONS)} "
                          "(sample.window_aggregation: average is the paper's, independent the no-aggregation "
-                         "baseline, shifted moves the windows every step)")
+                         "baseline, shifted moves the windows every step, extend samples one window after another)")
     return name
 
 
@@ -97,6 +104,8 @@ def seam_pairs(num_frames: int, window: int, overlap: int, aggregation: str) -> 
     if check_aggregation(aggregation) == "shifted":
         return tuple(range(num_frames - 1))
     starts = layout_starts(num_frames, window, overlap, aggregation)
+    if aggregation == "extend":  # where each window's new frames begin
+        return tuple(s + window - 1 for s in starts[:-1])
     if aggregation == "independent":
         owner = frame_owner(starts, window, num_frames)
         return tuple(int(f) for f in np.flatnonzero(owner[1:] != owner[:-1]))
@@ -125,8 +134,8 @@ def shifted_starts(logsnr: jax.Array, num_frames: int, window: int, overlap: int
 
 
 def window_count(num_frames: int, window: int, overlap: int, aggregation: str) -> int:
-    """Windows the model sees per clip and step (1: the whole clip at once)."""
-    if window >= num_frames:
+    """Windows the model sees per clip and step (1: the whole clip at once, or extend's one window per call)."""
+    if window >= num_frames or aggregation == "extend":
         return 1
     if aggregation == "shifted":
         return shifted_count(num_frames, window, overlap)
@@ -196,7 +205,9 @@ def multidiffusion(
     start a multiple of it; `start_key` (a dict `example_cond`) adds each window's first frame in
     the clip, (rows,) int32, under that key, for a model whose frame positions count from the clip's start.
     """
-    check_aggregation(aggregation)
+    if check_aggregation(aggregation) == "extend":
+        raise ValueError("window aggregation 'extend' samples one window after another, not one aggregated "
+                         "step: extend_windows runs it")
     check_window_layout(num_frames, window, overlap, align)
     if aggregation == "independent":
         check_window_layout(num_frames, window, 0, align)
@@ -233,3 +244,31 @@ def multidiffusion(
         return merge_windows(out, starts, num_frames, w)
 
     return clip_fn
+
+
+def extend_windows(sample_window: Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array],
+                   noise: jax.Array, window: int, overlap: int) -> jax.Array:
+    """Aggregation 'extend': a (B, T, ...) clip from `noise`, one window of the averaged tiling after another.
+
+    sample_window(noise_w, known_w, start, index) -> (B, W, ...) samples window `index` (first frame
+    `start`, both traced int32) from its slice of `noise`; known_w = (values, mask) as the samplers'
+    replacement method takes it (values (B, W, ...), mask (1, W, 1, ..., 1), 1 = known): every frame an
+    earlier window made, none for window 0. Its known frames are kept as they were. The windows run in
+    a `lax.scan`: one traced window, whatever the clip's length.
+    """
+    num_frames = noise.shape[1]
+    starts = window_starts(num_frames, window, overlap)
+    made = [0] + [s + window for s in starts[:-1]]  # frames [0, made[i]) exist before window i
+    frame_shape = (1,) * (noise.ndim - 2)
+
+    def one_window(clip, inputs):
+        index, start, made_before = inputs
+        values = jax.lax.dynamic_slice_in_dim(clip, start, window, axis=1)
+        known = (start + jnp.arange(window) < made_before).astype(clip.dtype).reshape((1, window) + frame_shape)
+        out = sample_window(jax.lax.dynamic_slice_in_dim(noise, start, window, axis=1), (values, known), start, index)
+        out = jnp.where(known > 0, values, out.astype(clip.dtype))
+        return jax.lax.dynamic_update_slice_in_dim(clip, out, start, axis=1), None
+
+    inputs = (jnp.arange(len(starts), dtype=jnp.int32), jnp.asarray(starts, jnp.int32), jnp.asarray(made, jnp.int32))
+    clip, _ = jax.lax.scan(one_window, jnp.zeros(noise.shape, jnp.float32), inputs)
+    return clip

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from lumiere_jax import diffusion
-from lumiere_jax.diffusion.multidiffusion import check_aggregation, check_window_layout, multidiffusion
+from lumiere_jax.diffusion.multidiffusion import check_aggregation, check_window_layout, extend_windows, multidiffusion
 from lumiere_jax.models.conditioning import FRAME_KEYS, call_model
 from lumiere_jax.sample.masks import split_known
 
@@ -106,6 +106,13 @@ def generate(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, num
     which is the null text). For an edit, the input's own caption: the guided difference is then
     what the two prompts do not share.
     """
+    if aggregation == "extend" and not image_mode and window is not None and window < noise.shape[1]:
+        if known is not None or init is not None:
+            raise ValueError("sample.window_aggregation='extend' makes text-to-video clips; a task with known "
+                             "pixels or an input clip (i2v, inpaint, outpaint, cinemagraph, edit) samples long "
+                             "clips with 'average'")
+        return extend_clip(model, cond, noise, rng, config, num_steps=num_steps, window=window, overlap=overlap,
+                           negative=negative)
     schedule = diffusion.schedule_from_config(config.diffusion)
     parameterization = diffusion.parameterization_from_config(config.diffusion)
     settings = diffusion.sampler_settings_from_config(config.sample)
@@ -134,6 +141,27 @@ def generate(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, num
     video = jnp.clip(diffusion.sample(predict, noise, rng, schedule, settings, parameterization=parameterization,
                                       t_start=t_start, known=replace), -1.0, 1.0)
     return video if known is None else paste_known(video, known)
+
+
+def extend_clip(model, cond: dict, noise: jax.Array, rng: jax.Array, config, *, window: int, overlap: int,
+                num_steps: Optional[int] = None, negative: Optional[dict] = None) -> jax.Array:
+    """A clip longer than the model's `window`, its windows sampled one after another (aggregation
+    'extend', `multidiffusion.extend_windows`): each with the frames made before it known, pasted in
+    by the replacement method, so only its new frames are generated and they continue the clip. A
+    model whose frame positions count from the long clip is told each window's first frame."""
+    check_long_clip(model.cfg, noise.shape[1], window, overlap, "extend")
+    batch = noise.shape[0]
+
+    def sample_window(window_noise, known, start, index):
+        values, mask = known
+        window_cond = cond
+        if model.cfg.frame_positions == "global":
+            window_cond = dict(cond, frame_start=jnp.full((batch,), start, jnp.int32))
+        known_input = jnp.concatenate([values, jnp.broadcast_to(mask, values.shape[:-1] + (1,))], axis=-1)
+        return generate(model, window_cond, window_noise, jax.random.fold_in(rng, index), config, num_steps=num_steps,
+                        window=window, known=known_input, replacement=True, negative=negative)
+
+    return extend_windows(sample_window, noise, window, overlap)
 
 
 def paste_known(video: jax.Array, known: jax.Array) -> jax.Array:

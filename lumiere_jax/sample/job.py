@@ -222,6 +222,9 @@ def sample(config, workdir) -> dict:
         raise ValueError(f"sample.batch_size={s.batch_size} must be >= 1")
     if not s.image_mode:
         check_long_clip(base.model_config, frames, train_frames, s.window_overlap, s.window_aggregation)
+        if frames > train_frames and s.window_aggregation == "extend" and s.task != "t2v":
+            raise ValueError(f"sample.window_aggregation='extend' makes text-to-video clips; sample.task={s.task!r} "
+                             "samples clips longer than the model's window with 'average'")
     if ssr is not None:
         check_long_clip(ssr.model_config, frames, ssr.config.ssr.window, ssr.config.ssr.overlap,
                         names=("sample.num_frames", "the SSR's ssr.overlap"))
