@@ -223,6 +223,7 @@ def test_one_guided_denoising_step_over_windows_on_a_v5p_slice():
     assert report["flops_per_step"] == pytest.approx(forward * report["rows_per_step"], rel=0.1)
     estimate, sampling = report["compiler_estimate"], report["sampling_estimate"]
     assert estimate["step_seconds"] >= report["step_seconds_at_peak"]
+    assert report["sampling_passes_per_clip"] == 1  # extend would sample its windows in turn
     assert sampling["seconds_per_clip"] == pytest.approx(estimate["step_seconds"] * 8 / 4, rel=1e-3)
     assert sampling["chip_seconds_per_clip"] == pytest.approx(sampling["seconds_per_clip"] * 4, rel=1e-3)
     assert "estimate" in sampling["source"]

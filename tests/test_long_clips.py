@@ -263,6 +263,25 @@ def test_a_global_position_stunet_extends_a_clip_from_its_first_window(positione
                  replacement=True)
 
 
+def test_the_compile_reports_denoising_step_of_extend_is_one_windows_step():
+    """--mode=compile_report's denoise_step for extend traces one window's guided step (what extend runs
+    per model call), sampled once per window of the tiling; average's step covers the clip's windows at once."""
+    from lumiere_jax import parallel
+    from lumiere_jax.sample.denoise_program import denoise_program
+
+    config = long_clip_config("global")
+    config.sample.num_frames, config.sample.window_overlap = 16, 4
+    mesh, rules = parallel.make_mesh({"data": -1}), parallel.logical_axis_rules()
+    steps = {}
+    for aggregation in ("average", "extend"):
+        config.sample.window_aggregation = aggregation
+        program = denoise_program(config, mesh, rules, batch_size=8)
+        out = jax.eval_shape(program.fn, *program.args)  # traced, not compiled
+        steps[aggregation] = (program.frames, program.windows, program.passes, out.shape[1])
+    windows = window_count(16, 8, 4, "average")  # 3; extend samples the same 3 windows in turn
+    assert steps == {"average": (16, windows, 1, 16), "extend": (8, 1, windows, 8)}
+
+
 def smooth_tracks(frames, window, aggregation, tracks=48, length_scale=5.0, steps=16):
     """Centroid-like (x, y) tracks sampled under the smooth-video prior of tests/test_multidiffusion.py,
     in windows put together by `aggregation`: (tracks, frames, 2)."""

@@ -134,8 +134,9 @@ def shifted_starts(logsnr: jax.Array, num_frames: int, window: int, overlap: int
 
 
 def window_count(num_frames: int, window: int, overlap: int, aggregation: str) -> int:
-    """Windows the model sees per clip and step (1: the whole clip at once, or extend's one window per call)."""
-    if window >= num_frames or aggregation == "extend":
+    """Windows the model sees per clip and step (1: the whole clip at once; extend: per clip, each sampled
+    in its own steps)."""
+    if window >= num_frames:
         return 1
     if aggregation == "shifted":
         return shifted_count(num_frames, window, overlap)

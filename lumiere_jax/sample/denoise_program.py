@@ -4,7 +4,8 @@ A sampler runs this program `sample.num_steps` times per batch of clips, so its 
 cost are the paper-scale cost of sampling (`--mode=compile_report --config.compile.program=
 denoise_step`). It is the sampling job's own step (`generate.clip_model_fn`, classifier-free guidance
 with the conditional and unconditional rows in one model call, dynamic thresholding), built from a
-config alone: the base STUNet on the whole clip, or the SSR model on its temporal windows
+config alone: the base STUNet on the whole clip (on one window with sample.window_aggregation='extend',
+which samples the windows one after another), or the SSR model on its temporal windows
 (MultiDiffusion) over a clip of `sample.num_frames` frames. No weight is ever allocated.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ class DenoiseProgram:
     windows: int  # model windows per clip (1: the whole clip at once)
     rows_per_step: int  # clips x windows x guidance branches: the model's rows in one step
     rows_per_call: int  # the model's batch in one call (windows_in_sequence: one window's rows)
+    passes: int = 1  # sampling runs per clip, one after another (extend: one per window of the tiling)
 
 
 def stage_geometry(config) -> tuple[int, int, int, int]:
@@ -64,6 +66,9 @@ def denoise_program(config, mesh, rules, batch_size: int) -> DenoiseProgram:
     settings = diffusion.sampler_settings_from_config(config.sample)
     parameterization = diffusion.parameterization_from_config(config.diffusion)
     aggregation = "average" if config.ssr.enabled else config.sample.window_aggregation
+    passes = 1
+    if aggregation == "extend":  # windows sampled one after another: a step denoises one window
+        frames, passes = window, window_count(frames, window, overlap, aggregation)
     windows = window_count(frames, window, overlap, aggregation)
 
     def constrain(x):
@@ -90,4 +95,4 @@ def denoise_program(config, mesh, rules, batch_size: int) -> DenoiseProgram:
             jax.ShapeDtypeStruct((), jnp.float32), abstract_sharded(cond, shardings[3]))
     rows = b * windows * diffusion.guidance_branches(settings.guidance_scale)
     return DenoiseProgram(fn, args, shardings, frames, windows, rows,
-                          rows // windows if config.sample.windows_in_sequence else rows)
+                          rows // windows if config.sample.windows_in_sequence else rows, passes)

@@ -282,7 +282,7 @@ def denoise_step_report(config, tpu: Slice, mesh, rules) -> dict:
     out, error = try_compile(lambda: compile_ahead(jitted, program.args, mesh))
     report = {"program": "denoise_step", "sample_batch": batch, "frames": program.frames,
               "windows_per_clip": program.windows, "rows_per_step": program.rows_per_step,
-              "rows_per_model_call": program.rows_per_call,
+              "rows_per_model_call": program.rows_per_call, "sampling_passes_per_clip": program.passes,
               "guidance_scale": config.sample.guidance_scale, "num_steps": config.sample.num_steps,
               "sampler": config.sample.sampler}
     if error is not None:
@@ -300,10 +300,11 @@ def denoise_step_report(config, tpu: Slice, mesh, rules) -> dict:
     report.update(compiled_costs(memory_gib(compiled), info, tpu, batch))
     estimate = report["compiler_estimate"]
     if estimate:
-        per_clip = estimate["step_seconds"] * config.sample.num_steps / batch
+        per_clip = estimate["step_seconds"] * config.sample.num_steps * program.passes / batch
         report["sampling_estimate"] = {
             "seconds_per_clip": _significant(per_clip), "chip_seconds_per_clip": _significant(per_clip * tpu.chips),
-            "source": "num_steps x the compiler's step estimate / clips per step: an estimate, not a measurement"}
+            "source": "num_steps x passes x the compiler's step estimate / clips per step: an estimate, not a "
+                      "measurement"}
     return report
 
 
