@@ -30,8 +30,15 @@ LONG_FRAMES = 64  # the evaluation length: 4x the 16-frame window
 TARGETS = {"direction_accuracy": 0.8, "presence_rate": 0.95, "seam_ratio": 2.0}
 
 
+REFINE_FROM = "workdir/demo_long/run/export"  # the first stage's export (scripts/build_long_checkpoint.sh)
+
+
 def get_config(arg=None):
-    c = demo.get_config(arg)
+    """arg 'refine': the second training stage, 1,000 steps from the first stage's export at half the
+    learning rate (the stage the committed checkpoint comes from; see the module docstring)."""
+    if arg not in (None, "", "refine"):
+        raise ValueError(f"configs/demo_long.py takes no argument or 'refine' (the second training stage), not {arg!r}")
+    c = demo.get_config()
     c.data.sources = [{"glob": "workdir/demo_long/data/train/*.array_record", "weight": 1.0, "kind": "video"}]
     c.text.vocabulary = "demo/long_checkpoint/vocab.model"
     t = c.model.temporal
@@ -43,6 +50,9 @@ def get_config(arg=None):
     s.window_overlap = 12
     s.window_aggregation = "average"
     c.eval.motion = "stationary"
+    if arg == "refine":
+        r = c.train
+        r.init_from, r.num_steps, r.learning_rate, r.warmup_steps = REFINE_FROM, 1000, 2.5e-4, 50
     # The demo's conditional, edit and style checkpoints build on demo/checkpoint, not on this one.
     c.demo.conditional_checkpoint = c.demo.edit_checkpoint = c.demo.style_checkpoint = ""
     return c

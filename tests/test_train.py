@@ -106,6 +106,17 @@ def test_exact_resume_after_sigkill(reference, tmp_path):
     assert_same_state(saved_state(config, tmp_path, 6), saved_state(config, ref_dir, 6))
 
 
+def test_a_finished_run_started_again_trains_nothing_and_keeps_its_summary(reference):
+    """The build scripts start every stage again (resuming what is done): a run already at its last
+    step keeps the summary of the invocation that trained it, which provenance files cite."""
+    config, workdir, summary = reference
+    before = (workdir / "train_summary.json").read_text()
+    again, batches = run(config, workdir)
+    assert again == summary and batches.index == 6  # where the checkpoint left it: no batch drawn
+    assert (workdir / "train_summary.json").read_text() == before
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
+
+
 def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path):
     proc = subprocess_train(tmp_path, 10_000, 10_000)
     wait_for(tmp_path / "tensorboard", proc)

@@ -8,6 +8,12 @@ batched model call, and the window predictions are put back together (the *aggre
                it, which is the least-squares reconciliation
                    J' = argmin_J sum_i || J[window_i] - Phi(J_t[window_i]) ||^2;
                the paper's scheme (SSR keeps it, with its 2-frame overlap).
+  taper        the averaged tiling, each window's frames weighted by a Hann taper sin^2(pi (j + 1/2) / W)
+               (the weighted least-squares reconciliation, MultiDiffusion's per-pixel weights): a
+               window's say in a frame falls smoothly to nearly nothing at its edges, so a frame
+               entering or leaving a window does not step the average as it does under equal
+               weights. At a stride of W/4 (or W/2) the tapers of the windows covering a frame sum to a
+               constant, so every interior frame's weights total the same.
   independent  no aggregation: the clip is cut into W-frame windows that do not overlap (the last
                aligned to the end), each frame taken from one window (the last covering it). Every
                window is an independent sample: the baseline whose seams the others must remove.
@@ -38,14 +44,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-AGGREGATIONS = ("average", "independent", "shifted", "extend")
+AGGREGATIONS = ("average", "taper", "independent", "shifted", "extend")
 
 
 def check_aggregation(name: str) -> str:
     if name not in AGGREGATIONS:
         raise ValueError(f"window aggregation {name!r} is not one of {', '.join(AGGREGATIONS)} "
-                         "(sample.window_aggregation: average is the paper's, independent the no-aggregation "
-                         "baseline, shifted moves the windows every step, extend samples one window after another)")
+                         "(sample.window_aggregation: average is the paper's, taper weights each window's frames down "
+                         "towards its edges, independent is the no-aggregation baseline, shifted moves the windows "
+                         "every step, extend samples one window after another)")
     return name
 
 
@@ -85,7 +92,7 @@ def window_starts(num_frames: int, window: int, overlap: int) -> tuple[int, ...]
 
 
 def layout_starts(num_frames: int, window: int, overlap: int, aggregation: str) -> tuple[int, ...]:
-    """The windows of a fixed tiling (average, independent; shifted's tiling at offset 0)."""
+    """The windows of a fixed tiling (average, taper, independent; shifted's tiling at offset 0)."""
     return window_starts(num_frames, window, 0 if check_aggregation(aggregation) == "independent" else overlap)
 
 
@@ -174,8 +181,17 @@ def merge_windows(y: jax.Array, starts, num_frames: int, weights=None) -> jax.Ar
     return total / count.reshape((1, num_frames) + frame_axes)
 
 
+def hann_taper(window: int) -> np.ndarray:
+    """(W,) sin^2(pi (j + 1/2) / W): positive everywhere, so a clip's first and last frames (one window
+    each) keep a total weight, and symmetric, so no window's direction is favoured."""
+    return (np.sin(np.pi * (np.arange(window) + 0.5) / window) ** 2).astype(np.float32)
+
+
 def fixed_weights(starts: tuple[int, ...], window: int, num_frames: int, aggregation: str) -> Optional[np.ndarray]:
-    """(n, W) weights of a fixed tiling: None (all 1) to average, one-hot owners for independent."""
+    """(n, W) weights of a fixed tiling: None (all 1) to average, the Hann taper for taper, one-hot
+    owners for independent."""
+    if aggregation == "taper":
+        return np.tile(hann_taper(window), (len(starts), 1))
     if aggregation != "independent":
         return None
     owner = frame_owner(starts, window, num_frames)

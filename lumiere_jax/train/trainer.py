@@ -275,11 +275,17 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
         writer.close()
         bar.close()
         preemption.restore()
+    summary_file = workdir / "train_summary.json"
+    if step == start and summary_file.exists():
+        # Nothing trained (a finished run started again, as the build scripts do): the summary of the
+        # invocation that trained stays, since provenance files cite its losses and wall time.
+        logging.info("run at step %d of %d: nothing to train", step, train_cfg.num_steps)
+        return json.loads(summary_file.read_text())
     summary = {"step": step, "start_step": start, "preempted": preemption.requested, "compile": info,
                "losses": [m["train/loss"] for m in logged], "last_metrics": last,
                "wall_seconds": round(time.perf_counter() - wall_start, 1)}  # this invocation, set-up included
     if jax.process_index() == 0:
-        (workdir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        summary_file.write_text(json.dumps(summary, indent=2))
     return summary
 
 
