@@ -11,12 +11,13 @@ What changes from configs/demo.py, and why:
   from each window's start, so its windows disagree and the sampler refuses long clips from it).
   Training shows every clip as a window at a random start (multiples of 4, the temporal downsampling)
   of a clip of up to model.temporal.max_clip_frames = 64 frames, 4x the training length.
-- Windows overlap by 12 of 16 frames (starts must be multiples of 4: overlap 0, 4, 8 or 12), averaged:
-  of the settings demo/long_checkpoint/provenance.json scores at 64 frames (average and shifted at
-  overlaps 8 and 12, independent windows), the best direction accuracy with seams half of independent
-  windows'. (Shifted at overlap 12 is average: a 4-frame stride on the 4-frame grid has one tiling.
-  Extending window by window, demo/long_checkpoint/provenance_extend.json, loses the most presence.)
-  None meets TARGETS at the demo's 8 DPM-Solver++ steps; README "Long base-model clips" has the numbers.
+- Windows overlap by 12 of 16 frames (starts must be multiples of 4: overlap 0, 4, 8 or 12), put
+  together with Hann-tapered weights (`taper`): of the settings demo/long_checkpoint/provenance.json
+  scores at 64 frames (average, taper and shifted at overlaps 8 and 12, independent windows), the
+  smallest seams with the best direction and presence. (Shifted at overlap 12 is average: a 4-frame
+  stride on the 4-frame grid has one tiling. Extending window by window,
+  demo/long_checkpoint/provenance_extend.json, loses the most presence.) None meets every one of
+  TARGETS; README "Long base-model clips" has the numbers.
 Independent of demo/checkpoint: its own weights and run directory (workdir/demo_long), the same
 caption grammar, vocabulary (copied beside the export) and seeded tiny T5.
 
@@ -30,15 +31,8 @@ LONG_FRAMES = 64  # the evaluation length: 4x the 16-frame window
 TARGETS = {"direction_accuracy": 0.8, "presence_rate": 0.95, "seam_ratio": 2.0}
 
 
-REFINE_FROM = "workdir/demo_long/run/export"  # the first stage's export (scripts/build_long_checkpoint.sh)
-
-
 def get_config(arg=None):
-    """arg 'refine': the second training stage, 1,000 steps from the first stage's export at half the
-    learning rate (the stage the committed checkpoint comes from; see the module docstring)."""
-    if arg not in (None, "", "refine"):
-        raise ValueError(f"configs/demo_long.py takes no argument or 'refine' (the second training stage), not {arg!r}")
-    c = demo.get_config()
+    c = demo.get_config(arg)
     c.data.sources = [{"glob": "workdir/demo_long/data/train/*.array_record", "weight": 1.0, "kind": "video"}]
     c.text.vocabulary = "demo/long_checkpoint/vocab.model"
     t = c.model.temporal
@@ -48,11 +42,8 @@ def get_config(arg=None):
     s.base_checkpoint = "demo/long_checkpoint"
     s.num_frames = LONG_FRAMES
     s.window_overlap = 12
-    s.window_aggregation = "average"
+    s.window_aggregation = "taper"
     c.eval.motion = "stationary"
-    if arg == "refine":
-        r = c.train
-        r.init_from, r.num_steps, r.learning_rate, r.warmup_steps = REFINE_FROM, 1000, 2.5e-4, 50
     # The demo's conditional, edit and style checkpoints build on demo/checkpoint, not on this one.
     c.demo.conditional_checkpoint = c.demo.edit_checkpoint = c.demo.style_checkpoint = ""
     return c

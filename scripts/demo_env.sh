@@ -23,22 +23,17 @@ encode_demo_captions() {  # the demo's frozen seeded tiny T5 over the captions o
     --vocabulary demo/checkpoint/vocab.model --max_length 8 --dtype float32 --batch_size 64 >/dev/null
 }
 
-train_run() {  # $1 config, $2 run directory: trains (resuming the run directory), exports to $2/export
-  # and sets train_command, the training command line the evaluation scripts record in provenance.
-  local config=$1 run=$2
+train_and_export() {  # $1 config, $2 run directory, $3 checkpoint directory
+  # Trains (resuming the run directory), exports, copies the export over the checkpoint directory (a
+  # stale params/ from an earlier export must not survive) and sets train_command, the training command
+  # line the evaluation scripts record in the checkpoint's provenance.
+  local config=$1 run=$2 out=$3
   local train=(-m lumiere_jax.main --config="$config" --workdir="$run" --mode=train)
   $py "${train[@]}"
   $py -m lumiere_jax.main --config="$config" --workdir="$run" --mode=export
-  # shellcheck disable=SC2034  # read by the build scripts that source this file
-  train_command="JAX_PLATFORMS=cpu XLA_FLAGS=$XLA_FLAGS python ${train[*]}"
-}
-
-train_and_export() {  # $1 config, $2 run directory, $3 checkpoint directory
-  # train_run, then copies the export over the checkpoint directory (a stale params/ from an earlier
-  # export must not survive).
-  local config=$1 run=$2 out=$3
-  train_run "$config" "$run"
   rm -rf "$out/params"
   mkdir -p "$out"
   cp -r "$run/export/." "$out/"
+  # shellcheck disable=SC2034  # read by the build scripts that source this file
+  train_command="JAX_PLATFORMS=cpu XLA_FLAGS=$XLA_FLAGS python ${train[*]}"
 }

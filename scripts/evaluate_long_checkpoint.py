@@ -1,16 +1,14 @@
 """Scores the long-clip checkpoint and writes its provenance JSON (last step of build_long_checkpoint.sh).
 
-    python scripts/evaluate_long_checkpoint.py [--config=configs/demo_long.py[:refine]] [--per_prompt=4]
+    python scripts/evaluate_long_checkpoint.py [--config=configs/demo_long.py] [--per_prompt=4]
         [--num_frames=64] [--aggregations=average,taper,shifted,independent] [--overlaps=8,12]
-        [--run_dir=workdir/demo_long/refine --first_stage_command=...]
 
 Samples the config's held-out prompts --per_prompt times as --num_frames-frame clips (4x the training
 length) for every window aggregation and overlap asked for (`independent`, no aggregation, is the
 baseline and needs no overlap), and once at the training length, scores each with the moving-shapes
 evaluator on stationary motion (direction, presence, jitter, and the seam ratio: the largest centroid
 step across a window boundary over the median step), and records the scores beside the training
-run's command, steps, wall time, hardware and final loss (for a refined checkpoint, the first
-stage's too: the run whose export train.init_from names). The best aggregation on the issue's targets
+run's command, steps, wall time, hardware and final loss. The best aggregation on the issue's targets
 is the one to make the default for long base-model clips.
 """
 import copy
@@ -37,7 +35,6 @@ flags.DEFINE_integer("num_frames", 64, "Frames of the long clips.")
 flags.DEFINE_list("aggregations", ["average", "taper", "shifted", "independent"], "sample.window_aggregation values.")
 flags.DEFINE_list("overlaps", ["8", "12"], "sample.window_overlap values (multiples of the temporal downsampling).")
 flags.DEFINE_string("train_command", "", "The exact training command, as run.")
-flags.DEFINE_string("first_stage_command", "", "For a refined checkpoint (train.init_from): the first stage's command.")
 FLAGS = flags.FLAGS
 
 
@@ -60,17 +57,6 @@ def settings() -> list[tuple[int, str]]:
     return pairs + ([(0, "independent")] if "independent" in FLAGS.aggregations else [])
 
 
-def first_stage(config) -> dict:
-    """For a checkpoint fine-tuned from another run's export (train.init_from, RUN/export): what it
-    started from and that run's command, steps, wall time and loss."""
-    if not config.train.init_from:
-        return {}
-    run = run_card(config, str(pathlib.Path(config.train.init_from).parent), FLAGS.first_stage_command,
-                   "configs/demo_long.py")
-    keys = ("train_command", "config", "steps", "start_step", "wall_seconds", "seconds_per_step", "final_loss")
-    return {"fine_tuned_from": config.train.init_from, "first_stage": {k: run[k] for k in keys}}
-
-
 def main(argv):
     del argv
     config = FLAGS.config
@@ -82,9 +68,7 @@ def main(argv):
         scores[f"{aggregation}_overlap{overlap}"] = sample_and_score(
             config, prompts, out / f"{FLAGS.num_frames}_{aggregation}_{overlap}", FLAGS.num_frames, overlap, aggregation)
     card = {
-        **run_card(config, FLAGS.run_dir, FLAGS.train_command,
-                   "configs/demo_long.py" + (":refine" if config.train.init_from else "")),
-        **first_stage(config),
+        **run_card(config, FLAGS.run_dir, FLAGS.train_command, "configs/demo_long.py"),
         "heldout_combinations": config.eval.heldout,
         "targets_on_heldout_long_clips": {"num_frames": FLAGS.num_frames, **TARGETS},
         "scores": scores,

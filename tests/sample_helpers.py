@@ -2,19 +2,19 @@
 import json
 import pathlib
 
-import jax
 import numpy as np
 from flax import nnx
 
 from lumiere_jax.models.unet import build_unet
 from lumiere_jax.models.weights import save_weights
+from random_arrays import normal
 from train_helpers import train_config
 
 
 def export_random(config, path: pathlib.Path, seed: int) -> pathlib.Path:
     """An export of a freshly initialised model whose zero-initialised output conv is perturbed."""
     model = build_unet(config.model, seed=seed)
-    model.out_conv.kernel[...] = 0.05 * jax.random.normal(jax.random.key(seed), model.out_conv.kernel[...].shape)
+    model.out_conv.kernel[...] = 0.05 * normal(seed, model.out_conv.kernel[...].shape)
     save_weights(path, nnx.state(model, nnx.Param), json.loads(config.to_json()))
     return path
 

@@ -25,6 +25,7 @@ from lumiere_jax.sample.video_io import write_lossless_video, write_mp4
 from lumiere_jax.train import mask_mix
 from lumiere_jax.train.checkpointing import Checkpointer
 from lumiere_jax.train.trainer import build_train_state, initialize_from, train
+from random_arrays import normal, uniform
 from sample_helpers import export_random, sample_config
 from train_helpers import SyntheticBatches, moving_square_batch, train_config
 
@@ -56,7 +57,7 @@ def only(kind, **overrides):
 
 
 def draw(kind, seed=0, n=16, **overrides):
-    videos = jax.random.uniform(jax.random.key(99), (n, T, S, S, 3), minval=-1, maxval=1)
+    videos = uniform(99, (n, T, S, S, 3), -1, 1)
     targets, known = mask_mix.draw_conditions(jax.random.key(seed), videos, only(kind, **overrides))
     return np.asarray(videos), np.asarray(targets), np.asarray(known)
 
@@ -116,11 +117,11 @@ def test_conditional_model_starts_as_the_text_to_video_model(exports):
     assert load_weights(exports["t2v"], conditional) == "unconditional"  # what train.init_from calls
     t2v = build_unet(train_config().model, seed=7)
     assert load_weights(exports["t2v"], t2v) == "full"
-    z = jax.random.normal(jax.random.key(1), (2, T, S, S, 3))
+    z = normal(1, (2, T, S, S, 3))
     logsnr = jnp.array([-3.0, 2.0])
-    text = jax.random.normal(jax.random.key(2), (2, 8, config.model.text_dim))
+    text = normal(2, (2, 8, config.model.text_dim))
     mask = jnp.ones((2, 8), bool)
-    videos = jax.random.uniform(jax.random.key(3), (2, T, S, S, 3), minval=-1, maxval=1)
+    videos = uniform(3, (2, T, S, S, 3), -1, 1)
     _, known = mask_mix.draw_conditions(jax.random.key(4), videos, only("box"))
     cond = {"text": text, "mask": mask}
     want = t2v(z, logsnr, text, mask)
@@ -291,7 +292,7 @@ def test_replacement_pastes_the_known_pixels_noised_to_the_step_level():
     mask = jnp.zeros((1, 2, 8, 8, 1)).at[:, 0].set(1.0)
     settings = diffusion.SamplerSettings("ddim", 8, 0.0, 1.0, 0.0)
     predict = lambda z, logsnr: jnp.zeros_like(z)  # noqa: E731
-    out = diffusion.sample(predict, jax.random.normal(jax.random.key(0), values.shape), jax.random.key(1), schedule,
+    out = diffusion.sample(predict, normal(0, values.shape), jax.random.key(1), schedule,
                            settings, parameterization="eps", known=(values, mask))
     alpha, sigma = diffusion.alpha_sigma(schedule.logsnr(1 / 8))
     spread = float(sigma / alpha)

@@ -135,7 +135,7 @@ def test_long_checkpoint_is_scored_on_64_frame_heldout_clips_for_every_aggregati
     assert chosen["num_frames"] == demo_long.LONG_FRAMES
     independent = scores.pop("independent_overlap0")["heldout"]
     assert scores.pop("training_length")["heldout"]["num_clips"] == 24
-    assert set(scores) == {f"{a}_overlap{o}" for a in ("average", "shifted") for o in (8, 12)}
+    assert set(scores) == {f"{a}_overlap{o}" for a in ("average", "taper", "shifted") for o in (8, 12)}
     for setting in scores.values():
         held = setting["heldout"]
         assert held["num_clips"] == held["clips_with_seams"] == 24
@@ -144,6 +144,9 @@ def test_long_checkpoint_is_scored_on_64_frame_heldout_clips_for_every_aggregati
     extended = json.loads((directory / "provenance_extend.json").read_text())["scores"]["extend_overlap12"]
     assert extended["num_frames"] == demo_long.LONG_FRAMES and extended["heldout"]["num_clips"] == 24
     assert extended["heldout"]["seam_ratio"] < independent["seam_ratio"]
+    # The default's windows at 32 sampler steps (README: more steps did not remove the far jumps).
+    steps32 = json.loads((directory / "provenance_taper_steps32.json").read_text())
+    assert steps32["sampling"]["num_steps"] == 32 and steps32["scores"]["taper_overlap12"]["heldout"]["num_clips"] == 24
 
 
 def test_prepare_workdir_replaces_a_demo_and_refuses_anything_else(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 
 from lumiere_jax import diffusion
 from lumiere_jax.config import base_config
+from random_arrays import normal, uniform
 
 
 def np_alpha_sigma(logsnr):
@@ -72,10 +73,9 @@ def test_per_example_rejects_a_batch_mismatch():
 @pytest.fixture
 def triple():
     """(x0, eps, z, v, alpha, sigma) built from the definitions, rank-5, moderate noise levels."""
-    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-    x0 = jax.random.normal(k1, (4, 3, 5, 5, 2))
-    eps = jax.random.normal(k2, x0.shape)
-    logsnr = jax.random.uniform(k3, (4,), minval=-6.0, maxval=6.0)
+    x0 = normal(0, (4, 3, 5, 5, 2))
+    eps = normal(1, x0.shape)
+    logsnr = uniform(2, (4,), -6.0, 6.0)
     alpha, sigma = (a.reshape(4, 1, 1, 1, 1).astype(np.float32) for a in np_alpha_sigma(logsnr))
     z = alpha * x0 + sigma * eps
     v = alpha * eps - sigma * x0
@@ -101,7 +101,7 @@ def test_conversions_recover_the_definitions(triple):
 
 def test_conversions_round_trip(triple):
     _, _, z, _, alpha, sigma = triple
-    r = jax.random.normal(jax.random.key(1), z.shape)
+    r = normal(1, z.shape)
     pairs = [
         (diffusion.x0_from_v, diffusion.v_from_x0),
         (diffusion.eps_from_v, diffusion.v_from_eps),
@@ -128,7 +128,7 @@ def np_dynamic_threshold(x, p):
 
 @pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 4, 8, 8)])
 def test_dynamic_threshold_in_range_is_bit_exact(shape):
-    x = jax.random.uniform(jax.random.key(0), shape, minval=-1.0, maxval=1.0).at[0, 0].set(1.0)
+    x = uniform(0, shape, -1.0, 1.0).at[0, 0].set(1.0)
     out = jax.jit(lambda v: diffusion.dynamic_threshold(v, 99.5))(x)
     np.testing.assert_array_equal(out, x)
 
@@ -136,7 +136,7 @@ def test_dynamic_threshold_in_range_is_bit_exact(shape):
 @pytest.mark.parametrize("percentile", [99.5, 90.0, 50.0, 100.0])
 @pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 4, 8, 8)])
 def test_dynamic_threshold_matches_numpy_formula(shape, percentile):
-    x = 2.5 * jax.random.normal(jax.random.key(1), shape)
+    x = 2.5 * normal(1, shape)
     x = x.at[0].multiply(0.2)  # one sample mostly in range: s = max(percentile, 1) must kick in
     out = np.asarray(diffusion.dynamic_threshold(x, percentile))
     np.testing.assert_allclose(out, np_dynamic_threshold(np.asarray(x), percentile), rtol=1e-6, atol=1e-6)
@@ -166,7 +166,7 @@ def test_dynamic_threshold_zero_percentile_disables_and_bad_values_raise():
 
 def test_denoise_rederives_eps_from_the_thresholded_x0():
     """Inside the samplers: x0 is thresholded and eps follows it, so z = alpha x0 + sigma eps still holds."""
-    z = 3.0 * jax.random.normal(jax.random.key(4), (2, 4, 8, 8, 3))
+    z = 3.0 * normal(4, (2, 4, 8, 8, 3))
     logsnr = 1.5
     x0, eps = diffusion.denoise(lambda z, l: -2.0 * z, z, jnp.float32(logsnr), "v", 99.5)
     alpha, sigma = np_alpha_sigma(logsnr)
@@ -182,7 +182,7 @@ def test_denoise_rederives_eps_from_the_thresholded_x0():
 @pytest.mark.parametrize("parameterization", ["v", "eps"])
 @pytest.mark.parametrize("shape", [(4, 8, 8, 3), (4, 2, 8, 8, 3)])
 def test_loss_is_zero_for_the_exact_target(parameterization, shape):
-    x0 = jax.random.uniform(jax.random.key(0), shape, minval=-1, maxval=1)
+    x0 = uniform(0, shape, -1, 1)
     rng = jax.random.key(1)
     schedule = diffusion.CosineSchedule()
     noised = diffusion.noise_batch(rng, x0, schedule)  # what the loss will draw from the same rng
@@ -210,7 +210,7 @@ def test_loss_of_the_optimal_denoiser_is_the_closed_form_minimum(parameterizatio
     """x0 ~ N(mu, s^2): E[(x0 - E[x0|z])^2] = s^2 sigma^2 / (alpha^2 s^2 + sigma^2); the v error is
     that over sigma^2 and the eps error that times alpha^2 / sigma^2."""
     mu, s, batch = 0.7, 0.3, 64
-    x0 = mu + s * jax.random.normal(jax.random.key(2), (batch, 4, 8, 8, 4))  # 1024 values per example
+    x0 = mu + s * normal(2, (batch, 4, 8, 8, 4))  # 1024 values per example
 
     def optimal(z, logsnr):
         alpha, sigma = jnp_alpha_sigma(logsnr, z.ndim)
@@ -265,7 +265,7 @@ def two_gaussian_model(calls):
 @pytest.fixture
 def guidance_inputs():
     batch = 3
-    z = jax.random.normal(jax.random.key(0), (batch, 6, 6, 3))
+    z = normal(0, (batch, 6, 6, 3))
     logsnr = jnp.array([-3.0, 0.0, 4.0])
     conditioning = {"embeddings": jnp.ones((batch, 5, 8)), "mask": jnp.ones((batch, 5), jnp.int32)}
     return z, logsnr, conditioning, diffusion.null_text_conditioning(conditioning)
@@ -320,7 +320,7 @@ def test_guidance_rejects_a_mismatched_null(guidance_inputs):
 def test_text_dropout_replaces_whole_examples_with_probability_p():
     batch = 4000
     conditioning = {
-        "embeddings": jax.random.normal(jax.random.key(0), (batch, 3, 4)) + 5.0,
+        "embeddings": normal(0, (batch, 3, 4)) + 5.0,
         "mask": jnp.ones((batch, 3), jnp.int32),
     }
     null = diffusion.null_text_conditioning(conditioning)
@@ -344,7 +344,7 @@ def test_text_dropout_replaces_whole_examples_with_probability_p():
 
 @pytest.mark.parametrize("shape", [(4, 16, 16, 3), (2, 4, 16, 16, 3)])
 def test_noise_augment_high_logsnr_is_identity(shape):
-    x = jax.random.uniform(jax.random.key(0), shape, minval=-1, maxval=1)
+    x = uniform(0, shape, -1, 1)
     noised, logsnr = diffusion.noise_augment(jax.random.key(1), x, 100.0)
     np.testing.assert_array_equal(noised, x)
     np.testing.assert_array_equal(logsnr, np.full(shape[0], 100.0, np.float32))
@@ -360,7 +360,7 @@ def test_noise_augment_has_the_variance_of_its_logsnr(level):
 
 
 def test_random_noise_augment_draws_one_level_per_example_in_range():
-    x = jax.random.uniform(jax.random.key(3), (64, 2, 16, 16, 3), minval=-1, maxval=1)
+    x = uniform(3, (64, 2, 16, 16, 3), -1, 1)
     noised, logsnr = diffusion.random_noise_augment(jax.random.key(4), x, (-3.0, 6.0))
     logsnr = np.asarray(logsnr)
     assert logsnr.shape == (64,) and logsnr.min() >= -3.0 and logsnr.max() <= 6.0 and logsnr.std() > 1.0

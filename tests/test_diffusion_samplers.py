@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from lumiere_jax import diffusion
+from random_arrays import normal, uniform
 
 MU, S = 0.7, 0.3
 SHAPE = (8, 10, 10, 25, 8)  # rank-5 video batch, 20k values per example, 160k in all
@@ -98,7 +99,7 @@ def run(sampler, predict, noise, rng=jax.random.key(1), **kwargs):
 
 @pytest.fixture(scope="module")
 def noise():
-    return jax.random.normal(jax.random.key(0), SHAPE)
+    return normal(0, SHAPE)
 
 
 def assert_moments(samples, mean, std, mean_atol, std_rtol):
@@ -168,7 +169,7 @@ def test_ddim_with_eta_one_is_the_ddpm_posterior(noise):
 
 def test_sdedit_start_from_partially_noised_data_keeps_the_distribution(noise):
     t_start = 0.4
-    x0 = MU + S * jax.random.normal(jax.random.key(7), SHAPE)
+    x0 = MU + S * normal(7, SHAPE)
     z_start = diffusion.diffuse(x0, noise, SCHEDULE.logsnr(t_start))
     out = run(diffusion.ddim_sample, optimal_predict("v"), z_start, num_steps=64, parameterization="v", t_start=t_start)
     alpha, sigma = diffusion.alpha_sigma(ref_logsnr(t_start))
@@ -258,8 +259,8 @@ def test_guided_thresholded_sampling_and_loss_run_batch_sharded_on_a_mesh():
 
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     shape = (8, 4, 6, 6, 3)
-    x0 = jax.random.uniform(jax.random.key(3), shape, minval=-1, maxval=1)
-    conditioning = {"embeddings": jax.random.normal(jax.random.key(4), (shape[0], 5, 8))}
+    x0 = uniform(3, shape, -1, 1)
+    conditioning = {"embeddings": normal(4, (shape[0], 5, 8))}
     null = diffusion.null_text_conditioning(conditioning)
 
     def model_fn(z, logsnr, cond):  # a toy model whose output depends on its conditioning
@@ -276,7 +277,7 @@ def test_guided_thresholded_sampling_and_loss_run_batch_sharded_on_a_mesh():
         )
         return samples, loss
 
-    noise = jax.random.normal(jax.random.key(5), shape)
+    noise = normal(5, shape)
     single = step(noise, x0, jax.random.key(6))
     sharding = batch_sharding(mesh, logical_axis_rules(None), len(shape))
     sharded = step(jax.device_put(noise, sharding), jax.device_put(x0, sharding), jax.random.key(6))

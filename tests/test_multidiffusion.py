@@ -6,6 +6,7 @@ import pytest
 
 from lumiere_jax import diffusion
 from lumiere_jax.diffusion.multidiffusion import merge_windows, multidiffusion, split_windows, window_starts
+from random_arrays import normal
 
 
 def test_window_starts_cover_the_clip_with_the_overlap():
@@ -33,7 +34,7 @@ def test_aggregation_is_the_least_squares_solution():
 
 
 def test_split_and_merge_round_trip_and_windows_go_in_one_call():
-    x = jax.random.normal(jax.random.key(0), (2, 10, 3))
+    x = normal(0, (2, 10, 3))
     calls = []
 
     def window_fn(z, logsnr, frame_cond, example_cond):
@@ -51,7 +52,7 @@ def test_split_and_merge_round_trip_and_windows_go_in_one_call():
 def test_windows_in_sequence_give_the_batched_predictions_one_window_per_call(aggregation, windows):
     """A window function that mixes frames, conditioning, the noise level and the window's first frame,
     so that a window given another window's frames, conditioning, level or start would show."""
-    x = jax.random.normal(jax.random.key(1), (2, 11, 3))
+    x = normal(1, (2, 11, 3))
     logsnr = jnp.array([0.5, -2.0])
     calls = []
 
@@ -102,7 +103,7 @@ def sample_with(predict, noise, rng, steps=32, sampler="ddpm"):
 
 @pytest.mark.parametrize("sampler", ["ddpm", "dpmpp_2m"])
 def test_framewise_model_samples_the_same_with_and_without_windows(sampler):
-    noise = jax.random.normal(jax.random.key(1), (3, 12, 4, 4, 1))
+    noise = normal(1, (3, 12, 4, 4, 1))
     predict = framewise_denoiser()
     whole = sample_with(predict, noise, jax.random.key(2), sampler=sampler)
     windowed = multidiffusion(lambda z, l, f, e: predict(z, l), 12, 4, 2)
@@ -130,7 +131,7 @@ def test_independent_windows_leave_seams_that_multidiffusion_removes(sampler, st
     frames, window, overlap, pixels = 22, 8, 2, 256
     starts = window_starts(frames, window, overlap)
     predict = smooth_prior_denoiser(window)
-    noise = jax.random.normal(jax.random.key(3), (1, frames, pixels))
+    noise = normal(3, (1, frames, pixels))
     rng = jax.random.key(4)
 
     md = multidiffusion(lambda z, l, f, e: predict(z, l), frames, window, overlap)

@@ -16,6 +16,7 @@ from lumiere_jax.models.unet import build_unet
 from lumiere_jax.parallel.mesh import DEFAULT_RULES
 from lumiere_jax.sample.generate import generate
 from lumiere_jax.sample.job import sample
+from random_arrays import normal
 from sample_helpers import export_random, sample_config
 from train_helpers import train_config
 
@@ -129,13 +130,12 @@ def test_image_mode_generates_every_frame_on_its_own(tmp_path):
     config.sample.num_steps, config.sample.sampler, config.sample.guidance_scale = 2, "ddim", 2.0
     config.sample.threshold_percentile = 0.0  # a clip-wide percentile would couple the frames' scales
     model = build_unet(config.model)
-    keys = iter(jax.random.split(jax.random.key(1), 1000))
-    for var in jax.tree.leaves(nnx.state(model, nnx.Any(TEMPORAL, nnx.PathContains("out_conv"))),
-                               is_leaf=lambda x: isinstance(x, nnx.Variable)):
-        var[...] = var[...] + 0.2 * jax.random.normal(next(keys), var[...].shape)
-    noise = jax.random.normal(jax.random.key(2), (1, 8, 16, 16, 3))
-    changed = noise.at[:, 0].set(jax.random.normal(jax.random.key(3), (1, 16, 16, 3)))
-    cond = {"text": jax.random.normal(jax.random.key(4), (1, 4, 32)), "mask": jnp.ones((1, 4), bool)}
+    for seed, var in enumerate(jax.tree.leaves(nnx.state(model, nnx.Any(TEMPORAL, nnx.PathContains("out_conv"))),
+                                               is_leaf=lambda x: isinstance(x, nnx.Variable))):
+        var[...] = var[...] + 0.2 * normal(1000 + seed, var[...].shape)
+    noise = normal(2, (1, 8, 16, 16, 3))
+    changed = noise.at[:, 0].set(normal(3, (1, 16, 16, 3)))
+    cond = {"text": normal(4, (1, 4, 32)), "mask": jnp.ones((1, 4), bool)}
     rng = jax.random.key(5)
     for image_mode in (True, False):
         run = jax.jit(lambda n, mode=image_mode: generate(model, cond, n, rng, config, image_mode=mode))

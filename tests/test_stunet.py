@@ -13,6 +13,7 @@ from lumiere_jax import parallel
 from lumiere_jax.models import param_groups
 from lumiere_jax.models.temporal import TemporalAttention, TemporalConvBlock, TemporalDownsample, TemporalUpsample
 from lumiere_jax.models.unet import UNet, UNetConfig, build_unet
+from random_arrays import normal
 
 B, T, H, L = 2, 16, 32, 8
 
@@ -52,10 +53,9 @@ def stunet(config, t2i):
 
 @pytest.fixture(scope="module")
 def inputs():
-    k = jax.random.split(jax.random.key(0), 4)
-    video = jax.random.normal(k[0], (B, T, H, H, 3))
+    video = normal(0, (B, T, H, H, 3))
     logsnr = jnp.array([-3.0, 2.0])
-    text = jax.random.normal(k[1], (B, L, 32))
+    text = normal(1, (B, L, 32))
     mask = jnp.arange(L)[None, :] < jnp.array([[5], [8]])  # padded prompts
     return video, logsnr, text, mask
 
@@ -132,7 +132,7 @@ def test_frame_embedding_reads_place_in_clip_and_caption(text_in_time, inputs):
     np.testing.assert_allclose(out[0], out[1], atol=1e-5)  # folded batch-major: each clip gets its own positions
     # The embedding is not position + caption but a function of both: how it changes from frame to
     # frame depends on the caption (what a direction word needs).
-    embedded = module(jax.random.normal(jax.random.key(6), (2, model.text_proj.out_features)), T)
+    embedded = module(normal(6, (2, model.text_proj.out_features)), T)
     step = embedded[:, 1:] - embedded[:, :-1]
     assert float(jnp.abs(step[0] - step[1]).max()) > 1e-3
     framewise = forward(model, static, *same, image_mode=True)
@@ -143,9 +143,9 @@ def test_frame_embedding_reads_place_in_clip_and_caption(text_in_time, inputs):
 def test_conditioned_temporal_convs_follow_the_caption():
     """The block's temporal filtering depends on the embedding it is given, frame by frame."""
     block = TemporalConvBlock(8, 3, 4, nnx.Rngs(0), emb_dim=6)
-    block.conv2.kernel[...] = 0.1 * jax.random.normal(jax.random.key(1), block.conv2.kernel.shape)
-    x = jax.random.normal(jax.random.key(2), (2, 5, 3, 3, 8))
-    emb = jax.random.normal(jax.random.key(3), (2, 5, 6))
+    block.conv2.kernel[...] = 0.1 * normal(1, block.conv2.kernel.shape)
+    x = normal(2, (2, 5, 3, 3, 8))
+    emb = normal(3, (2, 5, 6))
     out = block(x, emb)
     changed = block(x, emb.at[1, 4].add(1.0))
     np.testing.assert_allclose(changed[0], out[0], atol=1e-6)  # other clips untouched
@@ -163,7 +163,7 @@ def test_exports_older_than_the_text_in_time_options_still_load(config):
 
 
 def test_temporal_down_and_upsampling_are_exact_at_init():
-    x = jax.random.normal(jax.random.key(3), (2, 10, 4, 4, 8))
+    x = normal(3, (2, 10, 4, 4, 8))
     down = TemporalDownsample(8, 3, nnx.Rngs(0))
     up = TemporalUpsample(8, 3, nnx.Rngs(0))
     np.testing.assert_array_equal(down(x), x[:, ::2])
@@ -177,8 +177,8 @@ def test_upsampling_in_phases_is_repeat_then_convolution(axes, kernel):
     from lumiere_jax.models.layers import conv, upsample_conv
 
     layer = conv(6, 5, kernel, nnx.Rngs(0), padding=[(k // 2, k // 2) for k in kernel])
-    layer.bias[...] = jax.random.normal(jax.random.key(1), (5,))
-    x = jax.random.normal(jax.random.key(2), (2, 5, 4, 3, 6)[:len(kernel) + 1] + (6,))
+    layer.bias[...] = normal(1, (5,))
+    x = normal(2, (2, 5, 4, 3, 6)[:len(kernel) + 1] + (6,))
     repeated = x
     for axis in axes:
         repeated = jnp.repeat(repeated, 2, axis=axis)
@@ -267,7 +267,7 @@ def test_conditioning_channels_are_zero_initialised(config, t2i, inputs):
     cfg.conditioning_channels = 4
     model = build_unet(cfg, temporal=False)
     param_groups.load_spatial(model, nnx.state(t2i, nnx.Param))
-    cond = jax.random.normal(jax.random.key(5), video.shape[:-1] + (4,))
+    cond = normal(5, video.shape[:-1] + (4,))
     out = forward(model, jnp.concatenate([video, cond], -1), logsnr, text, mask)
     np.testing.assert_array_equal(out, forward(t2i, video, logsnr, text, mask))
     with pytest.raises(ValueError, match=r"expected video \(B, T, H, W, 7\)"):
@@ -345,7 +345,7 @@ def test_rematerialisation_keeps_the_gradients(config, stunet, inputs):
 def test_patches_round_trip_and_the_patched_model_runs(config, inputs):
     from lumiere_jax.models.unet import patchify, unpatchify
 
-    x = jax.random.normal(jax.random.key(9), (3, 8, 12, 5))
+    x = normal(9, (3, 8, 12, 5))
     patches = patchify(x, 2)
     assert patches.shape == (3, 4, 6, 20)
     np.testing.assert_array_equal(patches[1, 2, 3, :5], x[1, 4, 6])  # patch (2, 3) starts at pixel (4, 6)

@@ -375,6 +375,8 @@ def aggregate(records: Sequence[dict]) -> dict:
         for key in ("seam_ratio", "max_step_ratio"):
             scores[key] = float(np.mean([m[key] for m in seams])) if seams else None
         scores["worst_seam_ratio"] = max((m["seam_ratio"] for m in seams), default=None)
+        # The typical clip's: a few clips whose object jumps far (two objects, one vanishing) pull the mean.
+        scores["median_seam_ratio"] = float(np.median([m["seam_ratio"] for m in seams])) if seams else None
         scores["clips_with_seams"] = len(seams)
     return scores
 
