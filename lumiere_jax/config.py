@@ -84,7 +84,8 @@ def sample_config() -> ml_collections.ConfigDict:
     s.num_frames = 0  # 0: the base model's training length; more: MultiDiffusion windows over a longer clip
     s.window_overlap = 2  # frames shared by consecutive base-model windows when num_frames is longer
     # How the base model's windows are put together (lumiere_jax/diffusion/multidiffusion.py): average (the
-    # paper's least-squares average of overlapping windows), independent (no aggregation: the baseline), or
+    # paper's least-squares average of overlapping windows), taper (the same windows, each weighted down
+    # towards its edges by a Hann taper: configs/demo_long.py's), independent (no aggregation: the baseline), or
     # shifted (the averaged tiling moved by a new offset every step, so no window boundary stays), or extend
     # (text-to-video only: the windows sampled one after another, each continuing the frames made before it).
     # SSR keeps average with ssr.overlap.

@@ -124,7 +124,8 @@ def summary(report: dict) -> str:
         layout = report.get("windows", {})
         lines.append(f"seams ({overall['clips_with_seams']} clips, {layout.get('window')}-frame windows, overlap "
                      f"{layout.get('overlap')}, {layout.get('aggregation')}): seam ratio {_num(overall['seam_ratio'])} "
-                     f"(median {_num(overall['median_seam_ratio'])}, worst {_num(overall['worst_seam_ratio'])}), max step ratio {_num(overall['max_step_ratio'])}; "
+                     f"(median {_num(overall['median_seam_ratio'])}, worst {_num(overall['worst_seam_ratio'])}), "
+                     f"max step ratio {_num(overall['max_step_ratio'])}; "
                      "largest step across a window boundary / median step (1: no seam)")
     if report.get("skipped"):
         lines.append(f"skipped {len(report['skipped'])} samples (reasons in the report's 'skipped')")
