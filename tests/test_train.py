@@ -108,11 +108,12 @@ def test_exact_resume_after_sigkill(reference, tmp_path):
 
 def test_a_finished_run_started_again_trains_nothing_and_keeps_its_summary(reference):
     """The build scripts start every stage again (resuming what is done): a run already at its last
-    step keeps the summary of the invocation that trained it, which provenance files cite."""
+    step keeps the summary of the invocation that trained it, which provenance files cite, and
+    neither restores nor draws anything."""
     config, workdir, summary = reference
     before = (workdir / "train_summary.json").read_text()
     again, batches = run(config, workdir)
-    assert again == summary and batches.index == 6  # where the checkpoint left it: no batch drawn
+    assert again == summary and batches.index == 0  # the data state was not even restored
     assert (workdir / "train_summary.json").read_text() == before
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
 

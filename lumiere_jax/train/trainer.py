@@ -182,6 +182,15 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
     train_cfg = config.train
     mesh = mesh_from_config(config.mesh)
     rules = logical_axis_rules(config.mesh.rules)
+    checkpointer = Checkpointer(workdir / "checkpoints", train_cfg, json.loads(config.to_json()))
+    start = checkpointer.latest_step()
+    summary_file = workdir / "train_summary.json"
+    if start is not None and start >= train_cfg.num_steps and summary_file.exists():
+        # A finished run started again (the build scripts resume every stage): nothing is built or
+        # restored, and the summary of the invocation that trained stays (provenance files cite it).
+        checkpointer.close()
+        logging.info("run already at step %d of %d: nothing to train", start, train_cfg.num_steps)
+        return json.loads(summary_file.read_text())
     owns_batches = batches is None
     if owns_batches:  # first: a bad data path or shard fails before minutes of model building
         from lumiere_jax.data.pipeline import make_pipeline
@@ -190,10 +199,7 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
     ts = build_train_state(config, mesh, rules)
     graphdef, state = nnx.split(ts)
     shardings = state_shardings(state, mesh, rules)
-    config_dict = json.loads(config.to_json())
-    checkpointer = Checkpointer(workdir / "checkpoints", train_cfg, config_dict)
 
-    start = checkpointer.latest_step()
     if start is not None:
         state = checkpointer.restore(start, state, batches)
         logging.info("resumed from step %d", start)
@@ -275,12 +281,6 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
         writer.close()
         bar.close()
         preemption.restore()
-    summary_file = workdir / "train_summary.json"
-    if step == start and summary_file.exists():
-        # Nothing trained (a finished run started again, as the build scripts do): the summary of the
-        # invocation that trained stays, since provenance files cite its losses and wall time.
-        logging.info("run at step %d of %d: nothing to train", step, train_cfg.num_steps)
-        return json.loads(summary_file.read_text())
     summary = {"step": step, "start_step": start, "preempted": preemption.requested, "compile": info,
                "losses": [m["train/loss"] for m in logged], "last_metrics": last,
                "wall_seconds": round(time.perf_counter() - wall_start, 1)}  # this invocation, set-up included
