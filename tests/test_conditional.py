@@ -24,7 +24,7 @@ from lumiere_jax.sample.job import sample
 from lumiere_jax.sample.video_io import write_lossless_video, write_mp4
 from lumiere_jax.train import mask_mix
 from lumiere_jax.train.checkpointing import Checkpointer
-from lumiere_jax.train.trainer import build_train_state, initialize_from, train
+from lumiere_jax.train.trainer import build_train_state, initialize_from, restore_train_state, train
 from random_arrays import normal, uniform
 from sample_helpers import export_random, sample_config
 from train_helpers import SyntheticBatches, moving_square_batch, train_config
@@ -155,9 +155,8 @@ def test_short_fine_tune_lowers_the_loss_on_masked_targets(exports, tmp_path):
     initialize_from(before_state, config.train.init_from)
     before = masked_loss(before_state.model, config, batch, known, jax.random.key(6))
     summary = train(config, tmp_path / "run", SyntheticBatches(config, mesh, rules))
-    after_state = build_train_state(config, mesh, rules)
     ckpt = Checkpointer(tmp_path / "run" / "checkpoints", config.train, {})
-    nnx.update(after_state, ckpt.restore(summary["step"], nnx.state(after_state), None))
+    after_state = nnx.merge(*restore_train_state(config, mesh, rules, ckpt, summary["step"])[:2])
     ckpt.close()
     after = masked_loss(after_state.model, config, batch, known, jax.random.key(6))
     assert after < 0.7 * before, (before, after)

@@ -3,11 +3,15 @@ scored by the project's evaluator, they meet the targets their provenance files 
 slowest tests of the suite, in a file of their own so that a second test worker runs the rest.)"""
 import pathlib
 
+import pytest
+
 from configs import demo, demo_conditional
 from data_pipelines.synthetic import caption, parse_heldout
 from lumiere_jax.evaluation import evaluate_samples
 from lumiere_jax.evaluation.conditional import heldout_clips, score_task, write_requests
 from lumiere_jax.sample.job import sample
+
+pytestmark = pytest.mark.optimized_xla  # sampling 72 clips: running, not compiling, is their time
 
 HELDOUT_PROMPTS = [caption(*combo) for combo in parse_heldout(demo.HELDOUT)]
 

@@ -13,8 +13,8 @@ from lumiere_jax import parallel
 from lumiere_jax.data.shards import iter_records
 from lumiere_jax.diffusion import sdedit_steps
 from lumiere_jax.models import param_groups
-from lumiere_jax.models.unet import build_unet
-from lumiere_jax.models.weights import interpolate_spatial, load_weights
+from lumiere_jax.models.unet import UNet, UNetConfig, build_unet
+from lumiere_jax.models.weights import interpolate_spatial, load_weights, restore_model
 from lumiere_jax.sample.job import sample
 from lumiere_jax.sample.video_io import write_lossless_video
 from lumiere_jax.train.trainer import export, train
@@ -82,9 +82,9 @@ def spatial_and_temporal(model):
 
 
 def loaded(path):
-    model = build_unet(train_config().model, seed=9)
-    load_weights(path, model)
-    return model
+    """The tiny model holding a full export's weights."""
+    cfg = UNetConfig.from_config(train_config().model)
+    return restore_model(path, lambda: UNet(cfg, rngs=nnx.Rngs(0)))
 
 
 def test_alpha_zero_is_the_base_and_one_the_style_temporal_weights_untouched(exports):

@@ -27,6 +27,8 @@ from metrics_helpers import IMAGE_SIZE, MAX_LENGTH, chainer_arrays, hf_model, hf
 from metrics_helpers import SMALL_C3D
 from train_helpers import train_config
 
+pytestmark = pytest.mark.optimized_xla  # I3D and C3D on real-size clips: running, not compiling, is their time
+
 PROMPTS = ["a photo of the cat", "the dog", "a cat and a dog"]
 
 

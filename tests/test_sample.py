@@ -29,6 +29,42 @@ def exports(tmp_path_factory):
     return base, ssr
 
 
+def test_an_export_is_restored_into_its_sharding_without_initialising(exports):
+    """`restore_model` (how the sampling job builds its models) gives what initialising and then
+    `load_weights` gives, bit for bit and in the same shardings, without compiling anything; an
+    export of another model is refused by name."""
+    from lumiere_jax import parallel
+    from lumiere_jax.models.unet import UNet, UNetConfig
+    from lumiere_jax.models.weights import load_weights, restore_model
+
+    base, ssr = exports
+    config = train_config()
+    mesh, rules = parallel.make_mesh({"data": 2, "fsdp": 4}), parallel.logical_axis_rules()
+    cfg = UNetConfig.from_config(config.model)
+    compiles = []
+    listener = lambda event, seconds, **kw: compiles.append(event)  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        restored = restore_model(base, lambda: UNet(cfg, rngs=nnx.Rngs(0)), mesh, rules)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert "/jax/core/compile/backend_compile_duration" not in compiles
+    loaded = build_unet(config.model, mesh=mesh, rules=rules)
+    assert load_weights(base, loaded) == "full"
+    restored, loaded = nnx.to_flat_state(nnx.state(restored)), nnx.to_flat_state(nnx.state(loaded))
+    assert [p for p, _ in restored] == [p for p, _ in loaded]
+    for (path, a), (_, b) in zip(restored, loaded):
+        assert a.get_value().sharding == b.get_value().sharding, path
+        np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()), err_msg=str(path))
+    assert any(not v.get_value().sharding.is_fully_replicated for _, v in restored)  # fsdp-sharded ones too
+    single = restore_model(base, lambda: UNet(cfg, rngs=nnx.Rngs(0)))
+    assert nnx.state(single, nnx.Param).out_conv.kernel.get_value().devices() == {jax.devices()[0]}
+    with pytest.raises(ValueError, match=r"weights at .*ssr do not fit this model: missing \['"):
+        restore_model(ssr, lambda: UNet(cfg, rngs=nnx.Rngs(0)))
+    with pytest.raises(FileNotFoundError, match="no exported weights at"):
+        restore_model(base.parent / "none", lambda: UNet(cfg, rngs=nnx.Rngs(0)))
+
+
 def test_prompts_to_base_to_ssr_files(exports, tmp_path):
     base, ssr = exports
     config = sample_config(tmp_path, base, ssr)

@@ -17,7 +17,7 @@ from lumiere_jax import parallel
 from lumiere_jax.models import param_groups
 from lumiere_jax.models.weights import load_weights
 from lumiere_jax.train.checkpointing import Checkpointer
-from lumiere_jax.train.trainer import NonFiniteError, build_train_state, export, train
+from lumiere_jax.train.trainer import NonFiniteError, build_train_state, export, restore_train_state, train
 from train_helpers import SyntheticBatches, train_config
 
 HERE = pathlib.Path(__file__).parent
@@ -32,9 +32,8 @@ def run(config, workdir, **kw):
 def saved_state(config, workdir, step):
     """The flat train state saved at `step`, restored onto `config`'s mesh, as numpy arrays."""
     mesh = parallel.make_mesh(dict(config.mesh.shape))
-    ts = build_train_state(config, mesh, parallel.logical_axis_rules())
     ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints", config.train, {})
-    state = ckpt.restore(step, nnx.state(ts), None)
+    _, state, _ = restore_train_state(config, mesh, parallel.logical_axis_rules(), ckpt, step)
     ckpt.close()
     return {path: np.asarray(v.get_raw_value()) for path, v in nnx.to_flat_state(state)}
 
@@ -104,6 +103,27 @@ def test_exact_resume_after_sigkill(reference, tmp_path):
     assert summary["start_step"] == 3 and summary["step"] == 6
     assert batches.index == 6  # the data order resumed where the checkpoint left it
     assert_same_state(saved_state(config, tmp_path, 6), saved_state(config, ref_dir, 6))
+
+
+def test_a_checkpoint_is_restored_without_initialising_a_model(reference):
+    """Resuming (and exporting) reads the saved state straight into its shardings: no program is
+    compiled, loaded from the cache or run to build a state the checkpoint then overwrites."""
+    config, workdir, _ = reference
+    mesh = parallel.make_mesh(dict(config.mesh.shape))
+    events = []
+    listener = lambda event, seconds, **kw: events.append(event)  # noqa: E731
+    ckpt = Checkpointer(workdir / "checkpoints", config.train, {})
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        _, state, shardings = restore_train_state(config, mesh, parallel.logical_axis_rules(), ckpt, 3)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+        ckpt.close()
+    assert not [e for e in events if e.startswith(("/jax/core/compile/backend", "/jax/compilation_cache"))], events
+    flat = dict(nnx.to_flat_state(state))
+    for path, sharding in nnx.to_flat_state(shardings):
+        value = flat[path].get_value()
+        assert isinstance(value, jax.Array) and value.sharding == sharding.get_value(), path
 
 
 def test_a_finished_run_started_again_trains_nothing_and_keeps_its_summary(reference):

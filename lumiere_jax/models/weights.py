@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+from typing import Callable, TypeVar
 
 import jax
 import orbax.checkpoint as ocp
@@ -17,8 +18,10 @@ from flax import nnx, traverse_util
 
 from lumiere_jax.models import param_groups
 from lumiere_jax.models.diffusers_if import is_diffusers_unet, load_diffusers_unet
+from lumiere_jax.parallel.sharding import state_shardings
 
 MIN_BYTES_PER_REPLICA_SLICE = 16 * 2**20
+M = TypeVar("M", bound=nnx.Module)
 
 
 def register_array_handler() -> None:
@@ -67,11 +70,10 @@ def _restore_into(path: pathlib.Path, shardings: dict) -> dict:
     shardings and every other array (ignored by the caller) onto one device."""
     with ocp.StandardCheckpointer() as ckpt:
         tree = ckpt.metadata(path / "params").item_metadata.tree
-        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = traverse_util.unflatten_dict({
-            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings.get("/".join(map(str, k)), one))
-            for k, v in traverse_util.flatten_dict(tree).items()})
-        restored = ckpt.restore(path / "params", abstract)
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    where = traverse_util.unflatten_dict({k: shardings.get("/".join(map(str, k)), one)
+                                          for k in traverse_util.flatten_dict(tree)})
+    restored = _restore(path, tree, where)
     return {"/".join(map(str, k)): v for k, v in traverse_util.flatten_dict(restored).items()}
 
 
@@ -103,13 +105,47 @@ def load_weights(path: pathlib.Path, model: nnx.Module) -> str:
         missing = sorted(flat(spatial) - saved)[:3]
         unexpected = sorted(saved - flat(full))[:3]
         raise ValueError(f"weights at {path} do not fit this model: missing {missing}, unexpected {unexpected}")
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                            nnx.to_pure_dict(target))
-    with ocp.StandardCheckpointer() as ckpt:
-        restored = ckpt.restore(path / "params", abstract)
-    nnx.replace_by_pure_dict(target, restored)
+    pure = nnx.to_pure_dict(target)
+    nnx.replace_by_pure_dict(target, _restore(path, pure, jax.tree.map(lambda x: x.sharding, pure)))
     nnx.update(model, target)
     return kind
+
+
+def restore_model(path: pathlib.Path, constructor: Callable[[], M], mesh=None, rules=None) -> M:
+    """The module `constructor()` builds, every variable read from the full export at `path` straight
+    into its sharding on `mesh` (onto the default device without one).
+
+    Nothing is initialised: sampling an export compiles and runs no initialisation program (seconds
+    for a small model, and at paper scale a second copy of the weights in memory while the random
+    values are replaced). The export must hold exactly the module's variables, each of its shape.
+    """
+    path = pathlib.Path(path).absolute()
+    if not (path / "params").is_dir():
+        raise FileNotFoundError(f"no exported weights at {path} (expected {path / 'params'}); "
+                                f"write them with --mode=export")
+    graphdef, state = nnx.split(nnx.eval_shape(constructor))
+    pure = nnx.to_pure_dict(state)
+    want = {"/".join(map(str, k)): tuple(v.shape) for k, v in traverse_util.flatten_dict(pure).items()}
+    saved = _saved_shapes(path)
+    if saved != want:
+        missing, unexpected = sorted(set(want) - set(saved))[:3], sorted(set(saved) - set(want))[:3]
+        misshapen = sorted(f"{k}: {saved[k]} (model: {want[k]})" for k in set(want) & set(saved) if saved[k] != want[k])[:3]
+        raise ValueError(f"weights at {path} do not fit this model: missing {missing}, unexpected {unexpected}, "
+                         f"misshapen {misshapen}")
+    if mesh is None:
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: one, pure)
+    else:
+        shardings = nnx.to_pure_dict(state_shardings(state, mesh, rules))
+    nnx.replace_by_pure_dict(state, _restore(path, pure, shardings))
+    return nnx.merge(graphdef, state)
+
+
+def _restore(path: pathlib.Path, like: dict, shardings: dict) -> dict:
+    """The export's arrays as the nested dict `like` (of arrays or shape structs), each in its sharding."""
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), like, shardings)
+    with ocp.StandardCheckpointer() as ckpt:
+        return ckpt.restore(path / "params", abstract)
 
 
 def check_style_alpha(alpha) -> float:

@@ -29,8 +29,8 @@ from lumiere_jax import diffusion
 from lumiere_jax.models.conditioning import upsample
 from lumiere_jax.models.unet import UNet, UNetConfig
 from lumiere_jax.diffusion.samplers import sdedit_steps
-from lumiere_jax.models.weights import check_style_alpha, interpolate_spatial, load_weights
-from lumiere_jax.parallel import batch_shard_count, batch_sharding, create_sharded, logical_axis_rules, mesh_from_config
+from lumiere_jax.models.weights import check_style_alpha, interpolate_spatial, restore_model
+from lumiere_jax.parallel import batch_shard_count, batch_sharding, logical_axis_rules, mesh_from_config
 from lumiere_jax.provenance.fingerprint import model_sha256
 from lumiere_jax.provenance.stamp import Stamp
 from lumiere_jax.sample.generate import check_long_clip, generate, paste_known
@@ -79,9 +79,7 @@ class Stage:
         return stage
 
     def build(self, mesh, rules) -> UNet:
-        model = create_sharded(lambda: UNet(self.model_config, rngs=nnx.Rngs(0)), mesh, rules)
-        load_weights(self.path, model)
-        return model
+        return restore_model(self.path, lambda: UNet(self.model_config, rngs=nnx.Rngs(0)), mesh, rules)
 
 
 def check_stages(base: Stage, ssr: Optional[Stage], text) -> None:

@@ -29,7 +29,7 @@ from lumiere_jax.text.encoder import encoder_config
 from lumiere_jax.train.metrics import peak_tflops
 from lumiere_jax.train.optimizer import learning_rate_schedule
 from lumiere_jax.train.step import make_train_step, step_inputs
-from lumiere_jax.train.trainer import FrozenEncoder, build_train_state, compile_ahead, compile_step
+from lumiere_jax.train.trainer import FrozenEncoder, abstract_train_state, compile_ahead, compile_step
 
 # HBM per chip (GiB) by TPU generation, the prefix of a topology name such as "v5p:2x2x2".
 HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "v6e": 32.0}
@@ -112,11 +112,10 @@ def abstract_batch(config, batch_size: int) -> dict:
 def train_program(config, mesh, rules, batch_size: int) -> TrainProgram:
     """The train step `--mode=train` would compile for `config`, with abstract state and batch.
 
-    The state comes from the trainer's own `build_train_state` traced under `nnx.eval_shape`
-    (built without a mesh: only shapes are kept; the shardings come from the logical axes).
+    The state is the trainer's own `abstract_train_state` (shapes only: the shardings come from the
+    logical axes).
     """
-    train_state = nnx.eval_shape(lambda: build_train_state(config, None, rules))
-    graphdef, state = nnx.split(train_state)
+    graphdef, state = nnx.split(abstract_train_state(config))
     # IF conventions: the encoded empty prompt is a constant of the step; its value does not change the program
     null_text = jnp.zeros((config.text.max_length, config.model.text_dim)) if encodes_null_prompt(config.text) else None
     step = make_train_step(graphdef, config, learning_rate_schedule(config.train), null_text=null_text)

@@ -12,7 +12,7 @@ import json
 import pathlib
 import signal
 import time
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -64,13 +64,35 @@ class Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def build_train_state(config, mesh, rules) -> TrainState:
-    """The train state, created directly in its mesh shardings (nothing lands on one device)."""
+def _train_state_constructor(config) -> Callable[[], TrainState]:
     model_cfg = UNetConfig.from_config(config.model)
     trainable_filter(config.train.trainable)  # fail on a bad value before compiling anything
     tx = make_optimizer(config.train)
-    return create_sharded(lambda: TrainState(UNet(model_cfg, rngs=nnx.Rngs(config.seed)), tx,
-                                             config.train.trainable), mesh, rules)
+    return lambda: TrainState(UNet(model_cfg, rngs=nnx.Rngs(config.seed)), tx, config.train.trainable)
+
+
+def build_train_state(config, mesh, rules) -> TrainState:
+    """The train state, created directly in its mesh shardings (nothing lands on one device)."""
+    return create_sharded(_train_state_constructor(config), mesh, rules)
+
+
+def abstract_train_state(config) -> TrainState:
+    """The train state's structure, shapes, dtypes and logical axes, with no value: nothing is
+    compiled, run or allocated (`build_train_state` under `nnx.eval_shape` would still compile its
+    initialisation)."""
+    return nnx.eval_shape(_train_state_constructor(config))
+
+
+def restore_train_state(config, mesh, rules, checkpointer: Checkpointer, step: int, batches=None):
+    """(graphdef, state, shardings) of the train state saved at `step`, read straight into its mesh
+    shardings (and `batches` to where that step left them).
+
+    The state is built abstractly: every value comes from the checkpoint, so nothing is initialised
+    (no initialisation program compiled or run, no second copy of the model in memory).
+    """
+    graphdef, state = nnx.split(abstract_train_state(config))
+    shardings = state_shardings(state, mesh, rules)
+    return graphdef, checkpointer.restore(step, abstract_sharded(state, shardings), batches), shardings
 
 
 def initialize_from(ts: TrainState, path: str) -> str:
@@ -196,19 +218,17 @@ def train(config, workdir, batches: Optional[Iterator] = None) -> dict:
         from lumiere_jax.data.pipeline import make_pipeline
 
         batches = make_pipeline(config, mesh)
-    ts = build_train_state(config, mesh, rules)
-    graphdef, state = nnx.split(ts)
-    shardings = state_shardings(state, mesh, rules)
-
     if start is not None:
-        state = checkpointer.restore(start, state, batches)
+        graphdef, state, shardings = restore_train_state(config, mesh, rules, checkpointer, start, batches)
         logging.info("resumed from step %d", start)
     else:
         start = 0
+        ts = build_train_state(config, mesh, rules)
         if train_cfg.init_from:
             logging.info("initialised %s weights from %s", initialize_from(ts, train_cfg.init_from), train_cfg.init_from)
-            state = nnx.state(ts)
-    del ts
+        graphdef, state = nnx.split(ts)
+        shardings = state_shardings(state, mesh, rules)
+        del ts
 
     encoder = None
     if config.text.encode_in_step:
@@ -312,12 +332,11 @@ def export(config, workdir) -> pathlib.Path:
     workdir = pathlib.Path(workdir)
     mesh = mesh_from_config(config.mesh)
     rules = logical_axis_rules(config.mesh.rules)
-    ts = build_train_state(config, mesh, rules)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train, json.loads(config.to_json()))
     step = checkpointer.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'} to export; train first")
-    nnx.update(ts, checkpointer.restore(step, nnx.state(ts), None))
+    ts = nnx.merge(*restore_train_state(config, mesh, rules, checkpointer, step)[:2])
     checkpointer.close()
     out = workdir / "export"
     # A spatial fine-tune (a style, or T2I pre-training) exports its spatial weights only: what
