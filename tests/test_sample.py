@@ -1,4 +1,5 @@
 """The sampling job end to end on tiny exported models, and its up-front checks."""
+import dataclasses
 import json
 import pathlib
 
@@ -61,6 +62,9 @@ def test_an_export_is_restored_into_its_sharding_without_initialising(exports):
     assert nnx.state(single, nnx.Param).out_conv.kernel.get_value().devices() == {jax.devices()[0]}
     with pytest.raises(ValueError, match=r"weights at .*ssr do not fit this model: missing \['"):
         restore_model(ssr, lambda: UNet(cfg, rngs=nnx.Rngs(0)))
+    wider = dataclasses.replace(cfg, base_channels=2 * cfg.base_channels)
+    with pytest.raises(ValueError, match=r"missing \[\], unexpected \[\], misshapen \['.*: \(\d+"):
+        restore_model(base, lambda: UNet(wider, rngs=nnx.Rngs(0)))  # the same names, other widths
     with pytest.raises(FileNotFoundError, match="no exported weights at"):
         restore_model(base.parent / "none", lambda: UNet(cfg, rngs=nnx.Rngs(0)))
 
