@@ -27,6 +27,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from block_variants import VARIANTS  # noqa: E402
 from lumiere_jax.models import unet as unet_lib  # noqa: E402
+from lumiere_jax.models.rngs import Rngs  # noqa: E402
 from lumiere_jax.models.temporal import (  # noqa: E402
     TemporalAttention, TemporalConvBlock, TemporalDownsample, TemporalUpsample,
 )
@@ -102,7 +103,7 @@ def blocks(cfg: unet_lib.UNetConfig, frames: int, size: int, text_len: int) -> l
 
 def block_cost(block: Block, device, remat: str = "none") -> dict:
     """Compiles d(sum(out * cotangent)) for one block on `device`; returns the compiler's figures."""
-    module = nnx.eval_shape(lambda: block.make(nnx.Rngs(0)))
+    module = nnx.eval_shape(lambda: block.make(Rngs(0)))
     graphdef, params = nnx.split(module)
     apply = lambda p, *args: nnx.merge(graphdef, p)(*args)  # noqa: E731
     if remat != "none":

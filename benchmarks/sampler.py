@@ -21,6 +21,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from lumiere_jax.diffusion.multidiffusion import window_count, window_starts
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.unet import UNet, UNetConfig
 from lumiere_jax.parallel import create_sharded, logical_axis_rules, mesh_from_config
 from lumiere_jax.sample.generate import generate
@@ -36,7 +37,7 @@ FLAGS = flags.FLAGS
 
 def time_stage(config, frames, size, window, overlap, batch, steps, ssr: bool, aggregation: str = "average") -> float:
     mesh = mesh_from_config(config.mesh)
-    model = create_sharded(lambda: UNet(UNetConfig.from_config(config.model), rngs=nnx.Rngs(0)), mesh,
+    model = create_sharded(lambda: UNet(UNetConfig.from_config(config.model), rngs=Rngs(0)), mesh,
                            logical_axis_rules(config.mesh.rules))
     graphdef, state = nnx.split(model)
     cond = {"text": jnp.zeros((batch, config.text.max_length, config.model.text_dim)),

@@ -9,11 +9,12 @@ import jax
 from flax import nnx
 
 from lumiere_jax.models.report import parameter_counts
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.unet import UNet, UNetConfig
 
 
 def parameters(config) -> dict:
-    model = nnx.eval_shape(lambda: UNet(UNetConfig.from_config(config.model), rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: UNet(UNetConfig.from_config(config.model), rngs=Rngs(0)))
     counts = parameter_counts(model)
     return {k: counts[k] for k in counts if k != "per_level"}
 

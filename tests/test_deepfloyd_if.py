@@ -18,6 +18,7 @@ from lumiere_jax.diffusion.schedule import ddpm_cosine_logsnr, ddpm_index
 from lumiere_jax.models import param_groups
 from lumiere_jax.models.conditioning import call_model, upsample
 from lumiere_jax.models.diffusers_if import load_diffusers_unet
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.unet import UNet, build_unet
 from lumiere_jax.parallel import state_shardings
 from lumiere_jax.text.checkpoint import CheckpointError
@@ -136,7 +137,7 @@ def test_inflated_model_on_a_static_clip_matches_diffusers_on_every_frame(stage)
 def test_image_mode_of_the_inflated_model_is_exactly_the_converted_t2i_unet(stage_i):
     """The T2I U-Net (temporal disabled) holding the same converted weights, on the same clip."""
     cfg = dataclasses.replace(stage_i.model.cfg, temporal=False)
-    t2i = nnx.eval_shape(lambda: UNet(cfg, rngs=nnx.Rngs(0)))
+    t2i = nnx.eval_shape(lambda: UNet(cfg, rngs=Rngs(0)))
     param_groups.load_spatial(t2i, nnx.state(stage_i.model, param_groups.SPATIAL))
     image, text, _ = stage_i.inputs(5)
     video = jnp.repeat(jnp.asarray(image)[:, None], FRAMES, axis=1) + jnp.arange(FRAMES)[:, None, None, None] / 10

@@ -13,6 +13,7 @@ from lumiere_jax import parallel
 from lumiere_jax.data.shards import iter_records
 from lumiere_jax.diffusion import sdedit_steps
 from lumiere_jax.models import param_groups
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.unet import UNet, UNetConfig, build_unet
 from lumiere_jax.models.weights import interpolate_spatial, load_weights, restore_model
 from lumiere_jax.sample.job import sample
@@ -84,7 +85,7 @@ def spatial_and_temporal(model):
 def loaded(path):
     """The tiny model holding a full export's weights."""
     cfg = UNetConfig.from_config(train_config().model)
-    return restore_model(path, lambda: UNet(cfg, rngs=nnx.Rngs(0)))
+    return restore_model(path, lambda: UNet(cfg, rngs=Rngs(0)))
 
 
 def test_alpha_zero_is_the_base_and_one_the_style_temporal_weights_untouched(exports):

@@ -14,6 +14,7 @@ from lumiere_jax.evaluation.i3d import MIN_FRAMES, MIXED, I3D, preprocess_for_i3
 from lumiere_jax.evaluation.i3d_weights import (load_i3d, package_weights_path, pytorch_i3d_arrays,
                                                 read_pickle_arrays, read_torch_state_dict, resolve_i3d_weights)
 from lumiere_jax.evaluation.network_weights import WeightsMismatch
+from lumiere_jax.models.rngs import Rngs
 
 RTOL = 1e-4
 
@@ -292,7 +293,7 @@ def test_missing_file_and_unknown_layout_are_clear_errors(tmp_path):
 
 
 def test_too_few_frames_or_wrong_size_are_clear_errors():
-    model = nnx.eval_shape(lambda: I3D(rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: I3D(rngs=Rngs(0)))
     with pytest.raises(ValueError, match="at least 9 frames.*got 8"):
         model(np.zeros((1, 8, 224, 224, 3), np.float32))
     with pytest.raises(ValueError, match="224x224 frames; got 128x128"):

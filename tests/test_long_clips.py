@@ -18,6 +18,7 @@ from lumiere_jax.diffusion.multidiffusion import (AGGREGATIONS, check_window_lay
 from lumiere_jax.evaluation import evaluate_clips
 from lumiere_jax.evaluation.synthetic import seam_measures
 from lumiere_jax.models.layers import sinusoidal_features
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.unet import UNet, UNetConfig, build_unet, training_frame_starts
 from lumiere_jax.sample.generate import check_long_clip, clip_model_fn, generate
 from random_arrays import normal
@@ -415,7 +416,7 @@ def test_the_train_step_shows_each_clip_at_a_random_start_of_a_long_clip():
     UNet.__call__ = spy
     try:
         config = long_clip_config("global", max_clip_frames=32)
-        state = nnx.eval_shape(lambda: TrainState(UNet(UNetConfig.from_config(config.model), rngs=nnx.Rngs(0)),
+        state = nnx.eval_shape(lambda: TrainState(UNet(UNetConfig.from_config(config.model), rngs=Rngs(0)),
                                                   make_optimizer(config.train), config.train.trainable))
         graphdef, state = nnx.split(state)
         jax.eval_shape(make_train_step(graphdef, config, learning_rate_schedule(config.train)), state, batch)

@@ -13,6 +13,7 @@ from configs import if_ssr, if_stunet, ssr_tiny, stunet_paper, stunet_tiny
 from lumiere_jax.data import schema, shards
 from lumiere_jax.data.pipeline import Source, resolve_sources
 from lumiere_jax.models.report import forward_flops, model_report, parameter_counts
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.unet import UNet, UNetConfig
 from cli_helpers import libtpu_noise, run_main, terminal_lines
 
@@ -37,7 +38,7 @@ def test_model_report_cli_writes_json(repo_root, tmp_path):
 
 def test_flops_scale_with_batch_and_frames():
     cfg = UNetConfig.from_config(stunet_tiny.get_config().model)
-    model = nnx.eval_shape(lambda: UNet(cfg, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: UNet(cfg, rngs=Rngs(0)))
     one = forward_flops(model, 1, 16, 32, 8)
     assert forward_flops(model, 2, 16, 32, 8) == pytest.approx(2 * one, rel=0.01)
     # twice the frames costs about twice as much (attention over time is a small part)
@@ -59,7 +60,7 @@ def test_if_configs_report_the_released_sizes():
     report of the tiny SSR covers the FLOPs path of a model that takes the augmentation level."""
     def shape_and_counts(config):
         cfg = UNetConfig.from_config(config.model)
-        return cfg, parameter_counts(nnx.eval_shape(lambda: UNet(cfg, rngs=nnx.Rngs(0))))
+        return cfg, parameter_counts(nnx.eval_shape(lambda: UNet(cfg, rngs=Rngs(0))))
 
     config = if_stunet.get_config("xl")
     cfg, counts = shape_and_counts(config)

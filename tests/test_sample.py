@@ -13,6 +13,7 @@ from PIL import Image
 
 from configs import ssr_tiny
 from lumiere_jax.models.param_groups import TEMPORAL
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.unet import build_unet
 from lumiere_jax.parallel.mesh import DEFAULT_RULES
 from lumiere_jax.sample.generate import generate
@@ -46,7 +47,7 @@ def test_an_export_is_restored_into_its_sharding_without_initialising(exports):
     listener = lambda event, seconds, **kw: compiles.append(event)  # noqa: E731
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
-        restored = restore_model(base, lambda: UNet(cfg, rngs=nnx.Rngs(0)), mesh, rules)
+        restored = restore_model(base, lambda: UNet(cfg, rngs=Rngs(0)), mesh, rules)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert "/jax/core/compile/backend_compile_duration" not in compiles
@@ -58,15 +59,15 @@ def test_an_export_is_restored_into_its_sharding_without_initialising(exports):
         assert a.get_value().sharding == b.get_value().sharding, path
         np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()), err_msg=str(path))
     assert any(not v.get_value().sharding.is_fully_replicated for _, v in restored)  # fsdp-sharded ones too
-    single = restore_model(base, lambda: UNet(cfg, rngs=nnx.Rngs(0)))
+    single = restore_model(base, lambda: UNet(cfg, rngs=Rngs(0)))
     assert nnx.state(single, nnx.Param).out_conv.kernel.get_value().devices() == {jax.devices()[0]}
     with pytest.raises(ValueError, match=r"weights at .*ssr do not fit this model: missing \['"):
-        restore_model(ssr, lambda: UNet(cfg, rngs=nnx.Rngs(0)))
+        restore_model(ssr, lambda: UNet(cfg, rngs=Rngs(0)))
     wider = dataclasses.replace(cfg, base_channels=2 * cfg.base_channels)
     with pytest.raises(ValueError, match=r"missing \[\], unexpected \[\], misshapen \['.*: \(\d+"):
-        restore_model(base, lambda: UNet(wider, rngs=nnx.Rngs(0)))  # the same names, other widths
+        restore_model(base, lambda: UNet(wider, rngs=Rngs(0)))  # the same names, other widths
     with pytest.raises(FileNotFoundError, match="no exported weights at"):
-        restore_model(base.parent / "none", lambda: UNet(cfg, rngs=nnx.Rngs(0)))
+        restore_model(base.parent / "none", lambda: UNet(cfg, rngs=Rngs(0)))
 
 
 def test_prompts_to_base_to_ssr_files(exports, tmp_path):

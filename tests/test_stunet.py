@@ -11,6 +11,7 @@ from flax import nnx
 from configs.stunet_tiny import get_config
 from lumiere_jax import parallel
 from lumiere_jax.models import param_groups
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.temporal import TemporalAttention, TemporalConvBlock, TemporalDownsample, TemporalUpsample
 from lumiere_jax.models.unet import UNet, UNetConfig, build_unet
 from random_arrays import normal
@@ -142,7 +143,7 @@ def test_frame_embedding_reads_place_in_clip_and_caption(text_in_time, inputs):
 
 def test_conditioned_temporal_convs_follow_the_caption():
     """The block's temporal filtering depends on the embedding it is given, frame by frame."""
-    block = TemporalConvBlock(8, 3, 4, nnx.Rngs(0), emb_dim=6)
+    block = TemporalConvBlock(8, 3, 4, Rngs(0), emb_dim=6)
     block.conv2.kernel[...] = 0.1 * normal(1, block.conv2.kernel.shape)
     x = normal(2, (2, 5, 3, 3, 8))
     emb = normal(3, (2, 5, 6))
@@ -151,7 +152,7 @@ def test_conditioned_temporal_convs_follow_the_caption():
     np.testing.assert_allclose(changed[0], out[0], atol=1e-6)  # other clips untouched
     frame_change = jnp.abs(changed[1] - out[1]).max(axis=(1, 2, 3))
     assert float(frame_change[4]) > 1e-3 and float(frame_change[:3].max()) < 1e-6  # kernel 3: frames 3, 4 only
-    assert TemporalConvBlock(8, 3, 4, nnx.Rngs(0)).emb_proj is None  # the paper's block takes no embedding
+    assert TemporalConvBlock(8, 3, 4, Rngs(0)).emb_proj is None  # the paper's block takes no embedding
 
 
 def test_exports_older_than_the_text_in_time_options_still_load(config):
@@ -164,8 +165,8 @@ def test_exports_older_than_the_text_in_time_options_still_load(config):
 
 def test_temporal_down_and_upsampling_are_exact_at_init():
     x = normal(3, (2, 10, 4, 4, 8))
-    down = TemporalDownsample(8, 3, nnx.Rngs(0))
-    up = TemporalUpsample(8, 3, nnx.Rngs(0))
+    down = TemporalDownsample(8, 3, Rngs(0))
+    up = TemporalUpsample(8, 3, Rngs(0))
     np.testing.assert_array_equal(down(x), x[:, ::2])
     np.testing.assert_array_equal(up(x), jnp.repeat(x, 2, axis=1))
 
@@ -176,7 +177,7 @@ def test_upsampling_in_phases_is_repeat_then_convolution(axes, kernel):
     the convolution of the input repeated 2x along `axes`, which it never forms."""
     from lumiere_jax.models.layers import conv, upsample_conv
 
-    layer = conv(6, 5, kernel, nnx.Rngs(0), padding=[(k // 2, k // 2) for k in kernel])
+    layer = conv(6, 5, kernel, Rngs(0), padding=[(k // 2, k // 2) for k in kernel])
     layer.bias[...] = normal(1, (5,))
     x = normal(2, (2, 5, 4, 3, 6)[:len(kernel) + 1] + (6,))
     repeated = x
@@ -214,7 +215,7 @@ def test_frames_not_divisible_by_the_temporal_factor_is_a_clear_error(stunet, in
 
 def test_parameter_groups_partition_the_model(config):
     model = nnx.eval_shape(lambda: UNet(dataclasses.replace(UNetConfig.from_config(config.model),
-                                                           conditioning_channels=4), rngs=nnx.Rngs(0)))
+                                                           conditioning_channels=4), rngs=Rngs(0)))
     count = lambda f: sum(x.size for x in jax.tree.leaves(nnx.state(model, f)))  # noqa: E731
     groups = {name: count(f) for name, f in param_groups.GROUPS.items()}
     assert all(v > 0 for v in groups.values())

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.t5 import SIZES, T5Encoder, relative_position_buckets, t5_config
 from lumiere_jax.parallel import batch_sharding, logical_axis_rules, make_mesh, shard_module, state_shardings
 from lumiere_jax.text.checkpoint import abstract_encoder, count_parameters
@@ -73,10 +74,10 @@ def tiny_batch():
 def test_sharded_encoder_equals_unsharded(variant, tiny_batch):
     tokens, mask = tiny_batch
     cfg = t5_config("tiny", variant)
-    encoder = T5Encoder(cfg, rngs=nnx.Rngs(3))
+    encoder = T5Encoder(cfg, rngs=Rngs(3))
     reference = np.asarray(jax.jit(lambda m, t, k: m(t, k))(encoder, tokens, mask))
     mesh, rules = make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), logical_axis_rules(None)
-    sharded = shard_module(T5Encoder(cfg, rngs=nnx.Rngs(3)), mesh, rules)
+    sharded = shard_module(T5Encoder(cfg, rngs=Rngs(3)), mesh, rules)
     put = lambda x: jax.device_put(x, batch_sharding(mesh, rules, x.ndim))  # noqa: E731
     out = jax.jit(lambda m, t, k: m(t, k))(sharded, put(tokens), put(mask))
     # Same math; only the order of the all-reduced partial sums differs.
@@ -86,7 +87,7 @@ def test_sharded_encoder_equals_unsharded(variant, tiny_batch):
 def test_mask_defaults_to_nonzero_tokens_and_padding_does_not_leak(tiny_batch):
     """Real tokens' outputs ignore whatever sits in padded positions."""
     tokens, mask = tiny_batch
-    encoder = T5Encoder(t5_config("tiny"), rngs=nnx.Rngs(0))
+    encoder = T5Encoder(t5_config("tiny"), rngs=Rngs(0))
     run = jax.jit(lambda m, t, k: m(t, k))
     out = run(encoder, tokens, mask)
     np.testing.assert_array_equal(np.asarray(run(encoder, tokens, None)), np.asarray(out))

@@ -6,13 +6,14 @@ import pytest
 from flax import nnx
 
 from lumiere_jax.config import base_config
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.t5 import T5Encoder, t5_config
 from lumiere_jax.text.conditioning import text_conditioning
 
 
 @pytest.fixture(scope="module")
 def setup():
-    encoder = T5Encoder(t5_config("tiny"), rngs=nnx.Rngs(0))
+    encoder = T5Encoder(t5_config("tiny"), rngs=Rngs(0))
     rng = np.random.default_rng(0)
     mask = np.arange(10)[None] < np.array([10, 4, 1])[:, None]
     tokens = jnp.asarray(rng.integers(1, 256, (3, 10)) * mask, jnp.int32)

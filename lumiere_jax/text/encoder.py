@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.t5 import T5Config, T5Encoder, t5_config
 from lumiere_jax.parallel import batch_shard_count, batch_sharding, create_sharded, logical_axis_rules
 from lumiere_jax.text.hf_checkpoint import load_hf_encoder
@@ -24,7 +25,7 @@ def seeded_encoder(seed: int, config: T5Config, mesh: Optional[Mesh] = None, rul
     reproducible network still tell tokens and their order apart, and the seed in the config is
     all a checkpoint needs to ship.
     """
-    return create_sharded(lambda: T5Encoder(config, rngs=nnx.Rngs(int(seed))), mesh, rules)
+    return create_sharded(lambda: T5Encoder(config, rngs=Rngs(int(seed))), mesh, rules)
 
 
 LOADERS = {"hf": load_hf_encoder, "t5x": load_t5x_encoder}

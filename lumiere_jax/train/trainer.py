@@ -22,6 +22,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from lumiere_jax.models import param_groups
+from lumiere_jax.models.rngs import Rngs
 from lumiere_jax.models.unet import UNet, UNetConfig
 from lumiere_jax.models.weights import load_weights, save_weights
 from lumiere_jax.parallel import (
@@ -68,7 +69,7 @@ def _train_state_constructor(config) -> Callable[[], TrainState]:
     model_cfg = UNetConfig.from_config(config.model)
     trainable_filter(config.train.trainable)  # fail on a bad value before compiling anything
     tx = make_optimizer(config.train)
-    return lambda: TrainState(UNet(model_cfg, rngs=nnx.Rngs(config.seed)), tx, config.train.trainable)
+    return lambda: TrainState(UNet(model_cfg, rngs=Rngs(config.seed)), tx, config.train.trainable)
 
 
 def build_train_state(config, mesh, rules) -> TrainState:
