@@ -37,7 +37,7 @@ FLAGS = flags.FLAGS
 
 def time_stage(config, frames, size, window, overlap, batch, steps, ssr: bool, aggregation: str = "average") -> float:
     mesh = mesh_from_config(config.mesh)
-    model = create_sharded(lambda: UNet(UNetConfig.from_config(config.model), rngs=Rngs(0)), mesh,
+    model = create_sharded(lambda key: UNet(UNetConfig.from_config(config.model), rngs=Rngs(key)), 0, mesh,
                            logical_axis_rules(config.mesh.rules))
     graphdef, state = nnx.split(model)
     cond = {"text": jnp.zeros((batch, config.text.max_length, config.model.text_dim)),

@@ -124,9 +124,9 @@ def test_conditional_model_starts_as_the_text_to_video_model(exports):
     videos = uniform(3, (2, T, S, S, 3), -1, 1)
     _, known = mask_mix.draw_conditions(jax.random.key(4), videos, only("box"))
     cond = {"text": text, "mask": mask}
-    want = t2v(z, logsnr, text, mask)
-    got = call_model(conditional, z, logsnr, dict(cond, known=known))
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # the zero conv adds exactly 0
+    want = nnx.jit(lambda m: m(z, logsnr, text, mask))(t2v)
+    got = nnx.jit(lambda m: call_model(m, z, logsnr, dict(cond, known=known)))(conditional)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # the zero conv adds exactly 0, compiled too
 
 
 def masked_loss(model, config, batch, known, rng):

@@ -1,5 +1,7 @@
 """STUNet: the inflation invariants of Lumiere (identity at init), parameter groups and sharding."""
 import dataclasses
+import logging
+import re
 
 import jax
 import jax.numpy as jnp
@@ -220,15 +222,21 @@ def test_parameter_groups_partition_the_model(config):
     groups = {name: count(f) for name, f in param_groups.GROUPS.items()}
     assert all(v > 0 for v in groups.values())
     assert sum(groups.values()) == count(nnx.Param)
-    t2i = nnx.eval_shape(lambda: build_unet(config.model, temporal=False))
+    t2i = abstract_t2i(config.model)
     assert count(param_groups.SPATIAL) - groups["spatial"] == 0
     assert groups["spatial"] == sum(x.size for x in jax.tree.leaves(nnx.state(t2i, nnx.Param)))
+
+
+def abstract_t2i(model_config) -> UNet:
+    """The text-to-image U-Net of `model_config` (temporal modules off), shapes only."""
+    cfg = dataclasses.replace(UNetConfig.from_config(model_config), temporal=False)
+    return nnx.eval_shape(lambda: UNet(cfg, rngs=Rngs(0)))
 
 
 def test_load_spatial_rejects_a_mismatched_checkpoint(config, stunet):
     other = config.model.copy_and_resolve_references()
     other.base_channels = 8
-    small = nnx.eval_shape(lambda: build_unet(other, temporal=False))
+    small = abstract_t2i(other)
     with pytest.raises(ValueError, match="shape mismatch at"):
         param_groups.load_spatial(nnx.clone(stunet), nnx.state(small, nnx.Param))
 
@@ -303,6 +311,18 @@ def test_create_sharded_builds_parameters_in_place(config):
     assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, None, "tensor", "fsdp")
     single = build_unet(config.model)
     np.testing.assert_array_equal(kernel, single.up[1].blocks[0].conv2.kernel[...])
+
+
+def test_one_compiled_initialisation_serves_every_seed(config, caplog):
+    """create_sharded passes the seed's key to the initialisation program as an argument: models of
+    one config built from two seeds differ, and come from one program (one persistent-cache key;
+    with the seed a constant of the program, every seed compiled its own)."""
+    caplog.set_level(logging.DEBUG, logger="jax._src.compiler")
+    one, two = build_unet(config.model, seed=1), build_unet(config.model, seed=2)
+    keys = re.findall(r"for 'jit__lambda' with key '([^']+)'", caplog.text)
+    assert len(keys) == 2 and keys[0] == keys[1], keys
+    kernel = lambda model: np.asarray(model.down[0].blocks[0].conv1.kernel[...])  # noqa: E731
+    assert not np.array_equal(kernel(one), kernel(two))
 
 
 def test_bfloat16_compute(config, inputs):

@@ -25,7 +25,7 @@ class RngStream(nnx.RngStream):
 
 class Rngs(nnx.Rngs):
     """`nnx.Rngs(seed)` with one `default` stream (every named stream falls back to it), as the
-    models here are built."""
+    models here are built; `seed` an int or a PRNG key (traced, as `create_sharded` passes it)."""
 
-    def __init__(self, seed: int):  # noqa: D107 (nnx.Rngs.__init__ only sets the streams)
+    def __init__(self, seed: int | jax.Array):  # noqa: D107 (nnx.Rngs.__init__ only sets the streams)
         self.default = RngStream(seed, tag="default")

@@ -561,4 +561,4 @@ def build_unet(model_config, *, seed: int = 0, temporal: Optional[bool] = None, 
     cfg = UNetConfig.from_config(model_config)
     if temporal is not None:
         cfg = dataclasses.replace(cfg, temporal=temporal)
-    return create_sharded(lambda: UNet(cfg, rngs=Rngs(seed)), mesh, rules)
+    return create_sharded(lambda key: UNet(cfg, rngs=Rngs(key)), seed, mesh, rules)

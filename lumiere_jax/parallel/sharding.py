@@ -21,21 +21,25 @@ def abstract_sharded(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def create_sharded(constructor: Callable[[], M], mesh: Optional[Mesh] = None, rules=None) -> M:
-    """Builds `constructor()` with its initialisation compiled, directly in its mesh sharding.
+def create_sharded(constructor: Callable[[jax.Array], M], seed: int = 0, mesh: Optional[Mesh] = None,
+                   rules=None) -> M:
+    """Builds `constructor(key)` from the PRNG key of `seed`, with its initialisation compiled,
+    directly in its mesh sharding (a constructor is typically `lambda key: Model(..., rngs=Rngs(key))`).
 
     Initialisation runs under `jax.jit` (one compiled program instead of hundreds of eager ops)
     with `out_shardings` from the variables' logical axes, so no device ever holds the whole
-    model: this is how paper-scale models are built on a pod. Without a mesh the module lands
-    on the default device.
+    model: this is how paper-scale models are built on a pod. The key is the program's argument,
+    not a constant in it, so one compiled initialisation serves every seed. Without a mesh the
+    module lands on the default device.
     """
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(constructor))
-    init = lambda: nnx.state(constructor())  # noqa: E731
+    key = jax.random.key(seed)
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(constructor, key))
+    init = lambda key: nnx.state(constructor(key))  # noqa: E731
     if mesh is None:
-        return nnx.merge(graphdef, run_once(jax.jit(init), jax.devices()[0].platform))
+        return nnx.merge(graphdef, run_once(jax.jit(init), jax.devices()[0].platform, key))
     shardings = state_shardings(abstract_state, mesh, rules)
     with jax.set_mesh(mesh):
-        state = run_once(jax.jit(init, out_shardings=shardings), mesh.devices.flat[0].platform)
+        state = run_once(jax.jit(init, out_shardings=shardings), mesh.devices.flat[0].platform, key)
     return nnx.merge(graphdef, state)
 
 
@@ -46,9 +50,9 @@ RUN_ONCE_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0},
                              "gpu": {"xla_backend_optimization_level": 0}}
 
 
-def run_once(jitted, platform: str):
-    """Compiles and calls a program that runs a single time (no arguments), compiled for compile speed."""
-    return jitted.lower().compile(compiler_options=RUN_ONCE_COMPILER_OPTIONS.get(platform))()
+def run_once(jitted, platform: str, *args):
+    """Compiles and calls a program that runs a single time, compiled for compile speed."""
+    return jitted.lower(*args).compile(compiler_options=RUN_ONCE_COMPILER_OPTIONS.get(platform))(*args)
 
 
 def shard_module(module: M, mesh: Mesh, rules) -> M:

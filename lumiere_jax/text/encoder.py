@@ -25,7 +25,7 @@ def seeded_encoder(seed: int, config: T5Config, mesh: Optional[Mesh] = None, rul
     reproducible network still tell tokens and their order apart, and the seed in the config is
     all a checkpoint needs to ship.
     """
-    return create_sharded(lambda: T5Encoder(config, rngs=Rngs(int(seed))), mesh, rules)
+    return create_sharded(lambda key: T5Encoder(config, rngs=Rngs(key)), int(seed), mesh, rules)
 
 
 LOADERS = {"hf": load_hf_encoder, "t5x": load_t5x_encoder}

@@ -65,23 +65,23 @@ class Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def _train_state_constructor(config) -> Callable[[], TrainState]:
+def _train_state_constructor(config) -> Callable[[jax.Array], TrainState]:
     model_cfg = UNetConfig.from_config(config.model)
     trainable_filter(config.train.trainable)  # fail on a bad value before compiling anything
     tx = make_optimizer(config.train)
-    return lambda: TrainState(UNet(model_cfg, rngs=Rngs(config.seed)), tx, config.train.trainable)
+    return lambda key: TrainState(UNet(model_cfg, rngs=Rngs(key)), tx, config.train.trainable)
 
 
 def build_train_state(config, mesh, rules) -> TrainState:
     """The train state, created directly in its mesh shardings (nothing lands on one device)."""
-    return create_sharded(_train_state_constructor(config), mesh, rules)
+    return create_sharded(_train_state_constructor(config), config.seed, mesh, rules)
 
 
 def abstract_train_state(config) -> TrainState:
     """The train state's structure, shapes, dtypes and logical axes, with no value: nothing is
     compiled, run or allocated (`build_train_state` under `nnx.eval_shape` would still compile its
     initialisation)."""
-    return nnx.eval_shape(_train_state_constructor(config))
+    return nnx.eval_shape(_train_state_constructor(config), jax.random.key(config.seed))
 
 
 def restore_train_state(config, mesh, rules, checkpointer: Checkpointer, step: int, batches=None):
