@@ -13,6 +13,7 @@ import pathlib
 from typing import Callable, TypeVar
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
@@ -155,6 +156,13 @@ def check_style_alpha(alpha) -> float:
     return float(alpha)
 
 
+@jax.jit
+def _mix(alpha: jax.Array, weights: dict, style: dict) -> dict:
+    """alpha * style + (1 - alpha) * weights for every entry: one compiled program for all parameters
+    and every alpha (eagerly, each parameter shape compiled its own few ops)."""
+    return {name: ((1.0 - alpha) * w + alpha * style[name].astype(w.dtype)).astype(w.dtype) for name, w in weights.items()}
+
+
 def interpolate_spatial(model: nnx.Module, style_path, alpha: float) -> dict:
     """Stylized generation (Lumiere section 4): W = alpha W_style + (1 - alpha) W for every SPATIAL
     parameter of `model`, in place, from a style export (a T2I-style fine-tune of the same backbone,
@@ -180,8 +188,8 @@ def interpolate_spatial(model: nnx.Module, style_path, alpha: float) -> dict:
                              f"the model's is {shape}")
     current = {"/".join(map(str, k)): (k, v) for k, v in traverse_util.flatten_dict(nnx.to_pure_dict(spatial)).items()}
     saved = _restore_into(path, {name: value.sharding for name, (_, value) in current.items()})
-    mixed = {key: (1.0 - alpha) * value + alpha * saved[name].astype(value.dtype) for name, (key, value) in current.items()}
-    nnx.replace_by_pure_dict(spatial, traverse_util.unflatten_dict(mixed))
+    mixed = _mix(jnp.float32(alpha), {name: value for name, (_, value) in current.items()}, saved)
+    nnx.replace_by_pure_dict(spatial, traverse_util.unflatten_dict({key: mixed[name] for name, (key, _) in current.items()}))
     nnx.update(model, spatial)
     return {"style_checkpoint": str(path), "style_alpha": float(alpha), "interpolated": len(want),
             "ignored": sorted(set(have) - set(want))[:3] + (["..."] if len(set(have) - set(want)) > 3 else [])}
