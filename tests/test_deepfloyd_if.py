@@ -184,13 +184,13 @@ def test_ddim_matches_the_diffusers_scheduler_loop(stage_i, cap):
 
     cond = {"text": jnp.asarray(text), "mask": jnp.ones((2, TEXT_LEN), bool)}
 
-    def sample(model, z):  # the model an argument, not constants folded into the program
+    def our_ddim(model, z):  # the model an argument, not constants folded into the program
         predict = lambda z, logsnr: call_model(model, z, logsnr, cond, image_mode=True)  # noqa: E731
         return ddim_sample(predict, z, None, DDPMCosineSchedule(), num_steps=steps, parameterization="eps",
                            threshold_percentile=95.0 if cap else 0.0, threshold_max=cap)
 
     with jax.default_matmul_precision("highest"):
-        ours = nnx.jit(sample)(stage_i.model, jnp.asarray(noise)[:, None])
+        ours = nnx.jit(our_ddim)(stage_i.model, jnp.asarray(noise)[:, None])
     assert_close(np.asarray(ours)[:, 0], reference)
     if cap:  # the cap bound: every value within [-1, 1] after dividing by s <= 1.5
         assert np.abs(reference).max() <= 1.0 + 1e-6 and np.abs(reference).max() > 0.5

@@ -27,5 +27,6 @@ class Rngs(nnx.Rngs):
     """`nnx.Rngs(seed)` with one `default` stream (every named stream falls back to it), as the
     models here are built; `seed` an int or a PRNG key (traced, as `create_sharded` passes it)."""
 
-    def __init__(self, seed: int | jax.Array):  # noqa: D107 (nnx.Rngs.__init__ only sets the streams)
+    def __init__(self, seed: int | jax.Array):
+        # Not nnx.Rngs.__init__: all it does is set the streams, and it would make them flax's own.
         self.default = RngStream(seed, tag="default")

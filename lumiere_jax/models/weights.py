@@ -160,7 +160,8 @@ def check_style_alpha(alpha) -> float:
 def _mix(alpha: jax.Array, weights: dict, style: dict) -> dict:
     """alpha * style + (1 - alpha) * weights for every entry: one compiled program for all parameters
     and every alpha (eagerly, each parameter shape compiled its own few ops)."""
-    return {name: ((1.0 - alpha) * w + alpha * style[name].astype(w.dtype)).astype(w.dtype) for name, w in weights.items()}
+    return {name: ((1.0 - alpha) * w + alpha * style[name].astype(w.dtype)).astype(w.dtype)
+            for name, w in weights.items()}
 
 
 def interpolate_spatial(model: nnx.Module, style_path, alpha: float) -> dict:
@@ -189,7 +190,8 @@ def interpolate_spatial(model: nnx.Module, style_path, alpha: float) -> dict:
     current = {"/".join(map(str, k)): (k, v) for k, v in traverse_util.flatten_dict(nnx.to_pure_dict(spatial)).items()}
     saved = _restore_into(path, {name: value.sharding for name, (_, value) in current.items()})
     mixed = _mix(jnp.float32(alpha), {name: value for name, (_, value) in current.items()}, saved)
-    nnx.replace_by_pure_dict(spatial, traverse_util.unflatten_dict({key: mixed[name] for name, (key, _) in current.items()}))
+    by_key = {key: mixed[name] for name, (key, _) in current.items()}
+    nnx.replace_by_pure_dict(spatial, traverse_util.unflatten_dict(by_key))
     nnx.update(model, spatial)
     return {"style_checkpoint": str(path), "style_alpha": float(alpha), "interpolated": len(want),
             "ignored": sorted(set(have) - set(want))[:3] + (["..."] if len(set(have) - set(want)) > 3 else [])}

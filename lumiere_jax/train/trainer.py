@@ -79,8 +79,7 @@ def build_train_state(config, mesh, rules) -> TrainState:
 
 def abstract_train_state(config) -> TrainState:
     """The train state's structure, shapes, dtypes and logical axes, with no value: nothing is
-    compiled, run or allocated (`build_train_state` under `nnx.eval_shape` would still compile its
-    initialisation)."""
+    compiled, run or allocated (`build_train_state` compiles and runs its initialisation)."""
     return nnx.eval_shape(_train_state_constructor(config), jax.random.key(config.seed))
 
 
