@@ -144,11 +144,12 @@ def test_long_checkpoint_is_scored_on_64_frame_heldout_clips_for_every_aggregati
     extended = json.loads((directory / "provenance_extend.json").read_text())["scores"]["extend_overlap12"]
     assert extended["num_frames"] == demo_long.LONG_FRAMES and extended["heldout"]["num_clips"] == 24
     assert extended["heldout"]["seam_ratio"] < independent["seam_ratio"]
-    # The default's windows at 32 sampler steps, deterministic and ancestral (README's table).
-    for name, sampler in (("provenance_taper_steps32.json", "dpmpp_2m"), ("provenance_ddpm32.json", "ddpm")):
-        steps32 = json.loads((directory / name).read_text())
-        assert steps32["sampling"]["sampler"] == sampler and steps32["sampling"]["num_steps"] == 32
-        assert steps32["scores"]["taper_overlap12"]["heldout"]["num_clips"] == 24
+    # The default's windows with other samplers and step counts (README's table).
+    for name, sampler, steps in (("provenance_taper_steps32.json", "dpmpp_2m", 32),
+                                 ("provenance_ddpm16.json", "ddpm", 16), ("provenance_ddpm32.json", "ddpm", 32)):
+        other = json.loads((directory / name).read_text())
+        assert other["sampling"]["sampler"] == sampler and other["sampling"]["num_steps"] == steps
+        assert other["scores"]["taper_overlap12"]["heldout"]["num_clips"] == 24
 
 
 def test_prepare_workdir_replaces_a_demo_and_refuses_anything_else(tmp_path):
