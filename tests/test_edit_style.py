@@ -85,7 +85,7 @@ def spatial_and_temporal(model):
 def loaded(path):
     """The tiny model holding a full export's weights."""
     cfg = UNetConfig.from_config(train_config().model)
-    return restore_model(path, lambda: UNet(cfg, rngs=Rngs(0)))
+    return restore_model(path, lambda key: UNet(cfg, rngs=Rngs(key)))
 
 
 def test_alpha_zero_is_the_base_and_one_the_style_temporal_weights_untouched(exports):

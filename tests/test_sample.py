@@ -18,6 +18,7 @@ from lumiere_jax.models.unet import build_unet
 from lumiere_jax.parallel.mesh import DEFAULT_RULES
 from lumiere_jax.sample.generate import generate
 from lumiere_jax.sample.job import sample
+from jax_events import jax_events
 from random_arrays import normal
 from sample_helpers import export_random, sample_config
 from train_helpers import train_config
@@ -43,14 +44,10 @@ def test_an_export_is_restored_into_its_sharding_without_initialising(exports):
     config = train_config()
     mesh, rules = parallel.make_mesh({"data": 2, "fsdp": 4}), parallel.logical_axis_rules()
     cfg = UNetConfig.from_config(config.model)
-    compiles = []
-    listener = lambda event, seconds, **kw: compiles.append(event)  # noqa: E731
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        restored = restore_model(base, lambda: UNet(cfg, rngs=Rngs(0)), mesh, rules)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    assert "/jax/core/compile/backend_compile_duration" not in compiles
+    unet = lambda key: UNet(cfg, rngs=Rngs(key))  # noqa: E731
+    with jax_events() as events:
+        restored = restore_model(base, unet, mesh, rules)
+    assert "/jax/core/compile/backend_compile_duration" not in events
     loaded = build_unet(config.model, mesh=mesh, rules=rules)
     assert load_weights(base, loaded) == "full"
     restored, loaded = nnx.to_flat_state(nnx.state(restored)), nnx.to_flat_state(nnx.state(loaded))
@@ -59,15 +56,15 @@ def test_an_export_is_restored_into_its_sharding_without_initialising(exports):
         assert a.get_value().sharding == b.get_value().sharding, path
         np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()), err_msg=str(path))
     assert any(not v.get_value().sharding.is_fully_replicated for _, v in restored)  # fsdp-sharded ones too
-    single = restore_model(base, lambda: UNet(cfg, rngs=Rngs(0)))
+    single = restore_model(base, unet)
     assert nnx.state(single, nnx.Param).out_conv.kernel.get_value().devices() == {jax.devices()[0]}
     with pytest.raises(ValueError, match=r"weights at .*ssr do not fit this model: missing \['"):
-        restore_model(ssr, lambda: UNet(cfg, rngs=Rngs(0)))
+        restore_model(ssr, unet)
     wider = dataclasses.replace(cfg, base_channels=2 * cfg.base_channels)
     with pytest.raises(ValueError, match=r"missing \[\], unexpected \[\], misshapen \['.*: \(\d+"):
-        restore_model(base, lambda: UNet(wider, rngs=Rngs(0)))  # the same names, other widths
+        restore_model(base, lambda key: UNet(wider, rngs=Rngs(key)))  # the same names, other widths
     with pytest.raises(FileNotFoundError, match="no exported weights at"):
-        restore_model(base.parent / "none", lambda: UNet(cfg, rngs=Rngs(0)))
+        restore_model(base.parent / "none", unet)
 
 
 def test_prompts_to_base_to_ssr_files(exports, tmp_path):

@@ -18,6 +18,7 @@ from lumiere_jax.models import param_groups
 from lumiere_jax.models.weights import load_weights
 from lumiere_jax.train.checkpointing import Checkpointer
 from lumiere_jax.train.trainer import NonFiniteError, build_train_state, export, restore_train_state, train
+from jax_events import jax_events
 from train_helpers import SyntheticBatches, train_config
 
 HERE = pathlib.Path(__file__).parent
@@ -110,15 +111,10 @@ def test_a_checkpoint_is_restored_without_initialising_a_model(reference):
     compiled, loaded from the cache or run to build a state the checkpoint then overwrites."""
     config, workdir, _ = reference
     mesh = parallel.make_mesh(dict(config.mesh.shape))
-    events = []
-    listener = lambda event, seconds, **kw: events.append(event)  # noqa: E731
     ckpt = Checkpointer(workdir / "checkpoints", config.train, {})
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with jax_events() as events:
         _, state, shardings = restore_train_state(config, mesh, parallel.logical_axis_rules(), ckpt, 3)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-        ckpt.close()
+    ckpt.close()
     assert not [e for e in events if e.startswith(("/jax/core/compile/backend", "/jax/compilation_cache"))], events
     flat = dict(nnx.to_flat_state(state))
     for path, sharding in nnx.to_flat_state(shardings):

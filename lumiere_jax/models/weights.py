@@ -91,10 +91,7 @@ def load_weights(path: pathlib.Path, model: nnx.Module) -> str:
     path = pathlib.Path(path).absolute()
     if is_diffusers_unet(path):
         return load_diffusers_unet(path, model)
-    if not (path / "params").is_dir():
-        raise FileNotFoundError(f"no exported weights at {path} (expected {path / 'params'}); "
-                                f"write them with --mode=export")
-    saved = set(_saved_shapes(path))
+    saved = set(_saved_shapes(export_dir(path)))
     full = nnx.state(model, nnx.Param)
     spatial = nnx.state(model, param_groups.SPATIAL)
     unconditional = nnx.state(model, nnx.All(nnx.Param, nnx.Not(param_groups.CONDITIONING)))
@@ -112,21 +109,29 @@ def load_weights(path: pathlib.Path, model: nnx.Module) -> str:
     return kind
 
 
-def restore_model(path: pathlib.Path, constructor: Callable[[], M], mesh=None, rules=None) -> M:
-    """The module `constructor()` builds, every variable read from the full export at `path` straight
-    into its sharding on `mesh` (onto the default device without one).
+def export_dir(path) -> pathlib.Path:
+    """`path` as an absolute export directory (one holding `params/`), or a FileNotFoundError saying how
+    to write one."""
+    path = pathlib.Path(path).absolute()
+    if not (path / "params").is_dir():
+        raise FileNotFoundError(f"no exported weights at {path} (expected {path / 'params'}); "
+                                f"write them with --mode=export")
+    return path
+
+
+def restore_model(path: pathlib.Path, constructor: Callable[[jax.Array], M], mesh=None, rules=None) -> M:
+    """The module `constructor(key)` builds (the constructor `create_sharded` takes), every variable
+    read from the full export at `path` straight into its sharding on `mesh` (onto the default device
+    without one).
 
     Nothing is initialised: sampling an export compiles and runs no initialisation program (seconds
     for a small model, and at paper scale a second copy of the weights in memory while the random
     values are replaced). The export must hold exactly the module's variables, each of its shape.
     """
-    path = pathlib.Path(path).absolute()
-    if not (path / "params").is_dir():
-        raise FileNotFoundError(f"no exported weights at {path} (expected {path / 'params'}); "
-                                f"write them with --mode=export")
-    graphdef, state = nnx.split(nnx.eval_shape(constructor))
+    path = export_dir(path)
+    graphdef, state = nnx.split(nnx.eval_shape(constructor, jax.random.key(0)))
     pure = nnx.to_pure_dict(state)
-    want = {"/".join(map(str, k)): tuple(v.shape) for k, v in traverse_util.flatten_dict(pure).items()}
+    want = param_groups.shapes(state)
     saved = _saved_shapes(path)
     if saved != want:
         missing, unexpected = sorted(set(want) - set(saved))[:3], sorted(set(saved) - set(want))[:3]

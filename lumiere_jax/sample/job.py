@@ -80,7 +80,7 @@ class Stage:
         return stage
 
     def build(self, mesh, rules) -> UNet:
-        return restore_model(self.path, lambda: UNet(self.model_config, rngs=Rngs(0)), mesh, rules)
+        return restore_model(self.path, lambda key: UNet(self.model_config, rngs=Rngs(key)), mesh, rules)
 
 
 def check_stages(base: Stage, ssr: Optional[Stage], text) -> None:
