@@ -75,6 +75,8 @@ def sample_config() -> ml_collections.ConfigDict:
     s.guidance_scale = 8.0  # 0: unconditional, 1: conditional, >1: classifier-free guidance
     s.threshold_percentile = 99.5  # dynamic thresholding percentile of |x0|; 0 disables
     s.threshold_max = 0.0  # caps the thresholding's scale s (0: no cap; DeepFloyd IF: 1.5 stage I, 1.0 stage II)
+    s.resample = 1  # ddpm only: takes of each step, the result diffused back and denoised again in between
+    # (RePaint resampling): windows and known pixels agree better, at this many times the model calls
     # --mode=sample
     s.prompts = []  # prompts to sample, or:
     s.prompts_file = ""  # a text file with one prompt per line

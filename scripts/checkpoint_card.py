@@ -43,5 +43,6 @@ def run_card(config, run_dir: str, train_command: str, config_file: str) -> dict
         "parameters": parameters(config),
         "sampling": {"sampler": config.sample.sampler, "num_steps": config.sample.num_steps,
                      "guidance_scale": config.sample.guidance_scale,
-                     "threshold_percentile": config.sample.threshold_percentile, "seed": config.sample.seed},
+                     "threshold_percentile": config.sample.threshold_percentile,
+                     "resample": config.sample.resample, "seed": config.sample.seed},
     }

@@ -208,12 +208,13 @@ def test_cli_names_a_bad_topology_quietly(repo_root, tmp_path, topology, message
 def test_one_guided_denoising_step_over_windows_on_a_v5p_slice():
     """compile.program=denoise_step: the sampler's step for 16-frame clips of the 8-frame tiny STUNet is
     its windows (3: starts 0, 6, 8) times the two guidance branches in one model call, so the compiled
-    FLOPs are those rows of the model's forward pass; the sampling estimate is num_steps such steps."""
+    FLOPs are those rows of the model's forward pass; the sampling estimate is num_steps such steps, each
+    taken twice with sample.resample=2 (the step's program is the same for every sampler)."""
     from lumiere_jax.models.report import model_report
     from lumiere_jax.train.compile_report import compile_report
 
     overrides = {"compile.program": "denoise_step", "sample.batch_size": 4, "sample.num_frames": 16,
-                 "sample.guidance_scale": 3.0, "sample.num_steps": 8, "sample.sampler": "dpmpp_2m"}
+                 "sample.guidance_scale": 3.0, "sample.num_steps": 8, "sample.sampler": "ddpm", "sample.resample": 2}
     config = tiny_config(overrides)
     report = compile_report(config)
     assert (report["program"], report["frames"], report["windows_per_clip"], report["rows_per_step"]) == (
@@ -224,7 +225,8 @@ def test_one_guided_denoising_step_over_windows_on_a_v5p_slice():
     estimate, sampling = report["compiler_estimate"], report["sampling_estimate"]
     assert estimate["step_seconds"] >= report["step_seconds_at_peak"]
     assert report["sampling_passes_per_clip"] == 1  # extend would sample its windows in turn
-    assert sampling["seconds_per_clip"] == pytest.approx(estimate["step_seconds"] * 8 / 4, rel=1e-3)
+    assert report["resample"] == 2
+    assert sampling["seconds_per_clip"] == pytest.approx(estimate["step_seconds"] * 8 * 2 / 4, rel=1e-3)
     assert sampling["chip_seconds_per_clip"] == pytest.approx(sampling["seconds_per_clip"] * 4, rel=1e-3)
     assert "estimate" in sampling["source"]
     # One window per model call: the same FLOPs (the loop's, counted once by XLA, times its 3 windows),

@@ -144,6 +144,11 @@ def test_long_checkpoint_is_scored_on_64_frame_heldout_clips_for_every_aggregati
     extended = json.loads((directory / "provenance_extend.json").read_text())["scores"]["extend_overlap12"]
     assert extended["num_frames"] == demo_long.LONG_FRAMES and extended["heldout"]["num_clips"] == 24
     assert extended["heldout"]["seam_ratio"] < independent["seam_ratio"]
+    # ... and again with resampling (sample.resample=4, DDPM 8 steps): no far jump left at any boundary.
+    resampled = json.loads((directory / "provenance_extend_resample4.json").read_text())
+    assert resampled["sampling"]["sampler"] == "ddpm" and resampled["sampling"]["resample"] == 4
+    held = resampled["scores"]["extend_overlap12"]["heldout"]
+    assert held["num_clips"] == 24 and held["worst_seam_ratio"] < extended["heldout"]["worst_seam_ratio"] / 2
     # The default's windows with other samplers and step counts (README's table).
     for name, sampler, steps in (("provenance_taper_steps32.json", "dpmpp_2m", 32),
                                  ("provenance_ddpm16.json", "ddpm", 16), ("provenance_ddpm32.json", "ddpm", 32)):

@@ -397,6 +397,7 @@ def test_config_defaults_build():
         ("sample", "threshold_percentile", -1.0, r"sample.threshold_percentile=-1.0.*\[0, 100\]"),
         ("sample", "threshold_max", 0.5, r"sample.threshold_max=0.5 must be 0 \(no cap\) or a number >= 1"),
         ("sample", "ddim_eta", 1.5, r"sample.ddim_eta=1.5.*\[0, 1\]"),
+        ("sample", "resample", 0, r"sample.resample=0 must be an integer >= 1"),
         ("sample", "guidance_scale", -1.0, r"sample.guidance_scale=-1.0.*>= 0"),
         ("diffusion", "parameterization", "x0", r"diffusion.parameterization='x0'.*\('v', 'eps'\)"),
         ("diffusion", "logsnr_min", 25.0, r"diffusion.logsnr_min=25.0 must be smaller than diffusion.logsnr_max=20.0"),

@@ -177,7 +177,7 @@ def test_sampling_job_marks_and_signs_every_clip(signed_run):
         assert manifest["generation"] == {
             "base_checkpoint_sha256": digest, "task": "t2v", "seed": 0, "seed_index": i, "num_frames": 8, "fps": 16.0,
             "watermark": "marked (below the reliable size)", "sampler": {"sampler": "ddim", "num_steps": 4, "guidance_scale": 2.0,
-                                             "threshold_percentile": 99.5, "threshold_max": 0.0}}  # no prompt
+                                             "threshold_percentile": 99.5, "threshold_max": 0.0, "resample": 1}}  # no prompt
         assert credentials.read_manifest(pathlib.Path(record["mp4"]), "")["state"] == "valid_unknown_signer"
 
 

@@ -37,7 +37,9 @@ from lumiere_jax.diffusion.samplers import (
     sample,
     sdedit_steps,
 )
-from lumiere_jax.diffusion.schedule import CosineSchedule, DDPMCosineSchedule, alpha_sigma, diffuse, per_example
+from lumiere_jax.diffusion.schedule import (
+    CosineSchedule, DDPMCosineSchedule, alpha_sigma, diffuse, per_example, rediffuse,
+)
 from lumiere_jax.diffusion.settings import (
     parameterization_from_config,
     sampler_settings_from_config,
@@ -68,6 +70,7 @@ __all__ = [
     "guide",
     "noise_augment",
     "noise_batch",
+    "rediffuse",
     "null_text_conditioning",
     "output_to_x0_eps",
     "parameterization_from_config",

@@ -17,6 +17,12 @@ costs one model call per step like the others. With h = lambda_s - lambda_t and 
 step's h' and x0':
     z_s = (sigma_s / sigma_t) z_t - alpha_s expm1(-h) D,   D = x0 + h / (2 h') (x0 - x0')
 Its first step (no x0' yet) has D = x0, which is exactly deterministic DDIM.
+
+Resampling (`resample` = U > 1, ancestral sampling only; RePaint, Lugmayr et al. 2022): each step
+t -> s is taken U times, and between takes its result is diffused back from s to t (`rediffuse`) and
+denoised again. What one take made at s is then seen by the model at t together with everything
+around it, so parts of the sample that the model predicts separately (MultiDiffusion's overlapping
+windows, pasted known pixels) are made to agree before the next step, at U times the model calls.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from lumiere_jax.diffusion.parameterization import check_parameterization, eps_from_x0, output_to_x0_eps
-from lumiere_jax.diffusion.schedule import CosineSchedule, alpha_sigma, diffuse
+from lumiere_jax.diffusion.schedule import CosineSchedule, alpha_sigma, diffuse, rediffuse
 from lumiere_jax.diffusion.thresholding import check_max_value, check_percentile, dynamic_threshold
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
@@ -82,6 +88,15 @@ def check_guidance_scale(scale: float) -> float:
     return float(scale)
 
 
+def check_resample(resample: int, sampler: str) -> int:
+    if not isinstance(resample, int) or isinstance(resample, bool) or resample < 1:
+        raise ValueError(f"sample.resample={resample!r} must be an integer >= 1 (1: each step taken once)")
+    if resample > 1 and sampler != "ddpm":
+        raise ValueError(f"sample.resample={resample} takes each step again from fresh noise, which the ancestral "
+                         f"sampler does: set sample.sampler='ddpm' (not {sampler!r}), or sample.resample=1")
+    return resample
+
+
 def check_t_start(t_start: float) -> float:
     if not isinstance(t_start, (int, float)) or not 0.0 < t_start <= 1.0:
         raise ValueError(f"t_start={t_start!r} must be in (0, 1]; 1 starts from pure noise, less is SDEdit")
@@ -115,9 +130,11 @@ class SamplerSettings:
     guidance_scale: float
     threshold_percentile: float
     threshold_max: float = 0.0  # caps the thresholding's s (0: no cap; DeepFloyd IF: 1.5 / 1.0)
+    resample: int = 1  # takes of each step (RePaint resampling; 1: once), ancestral sampling only
 
     def __post_init__(self):
         check_sampler(self.sampler)
+        check_resample(self.resample, self.sampler)
         check_num_steps(self.num_steps)
         check_eta(self.ddim_eta)
         check_guidance_scale(self.guidance_scale)
@@ -217,9 +234,12 @@ def _run(
     t_start: float,
     known: Optional[Known] = None,
     history: History = (),
+    resample: int = 1,
 ) -> jax.Array:
-    """The loop shared by all samplers; the model is traced once (inside the loop body). `history` is
-    the step's carry before the first step (() for single-step samplers)."""
+    """The loop shared by all samplers; the model is traced once inside the loop body (twice with
+    `resample` > 1: a step's first take and the inner loop of its others). `history` is the step's
+    carry before the first step (() for single-step samplers); `resample` the takes of each step
+    (module docstring)."""
     num_steps = check_num_steps(num_steps)
     if rng is None and (draws_noise or known is not None):
         raise ValueError("this sampler draws noise (DDPM, DDIM with eta > 0, or replacement of known pixels): "
@@ -228,17 +248,30 @@ def _run(
     threshold_percentile, threshold_max = check_percentile(threshold_percentile), check_max_value(threshold_max)
     t_start = check_t_start(t_start)
 
+    def take(z, logsnr_t, logsnr_s, key, history):
+        """One take of a step from z at logsnr_t: (x0, z_s, history); `key` draws its noise (None: none)."""
+        if known is not None:
+            z = replace_known(z, known, logsnr_t, jax.random.fold_in(key, 1))
+        x0, eps = denoise(predict, z, logsnr_t, parameterization, threshold_percentile, threshold_max)
+        z_s, history_s = step(z, x0, eps, logsnr_t, logsnr_s, key, history)
+        return x0, z_s, history_s
+
     def body(k, carry):
         z, history = carry
         t = t_start * (num_steps - k) / num_steps
         s = t_start * (num_steps - k - 1) / num_steps
         logsnr_t, logsnr_s = schedule.logsnr(t), schedule.logsnr(s)
-        if known is not None:
-            z = replace_known(z, known, logsnr_t, jax.random.fold_in(jax.random.fold_in(rng, k), 1))
-        x0, eps = denoise(predict, z, logsnr_t, parameterization, threshold_percentile, threshold_max)
-        z_s, history = step(z, x0, eps, logsnr_t, logsnr_s, None if rng is None else jax.random.fold_in(rng, k),
-                            history)
-        return jnp.where(k == num_steps - 1, x0, z_s), history
+        key = None if rng is None else jax.random.fold_in(rng, k)
+        x0, z_s, history_s = take(z, logsnr_t, logsnr_s, key, history)
+        if resample > 1:  # takes 2..U, each from the previous take's z_s diffused back to logsnr_t
+            def again(u, x0_z):
+                retake = jax.random.fold_in(jax.random.fold_in(key, 2), u)
+                z_t = rediffuse(x0_z[1], jax.random.normal(jax.random.fold_in(retake, 0), z.shape, jnp.float32),
+                                logsnr_s, logsnr_t)
+                return take(z_t, logsnr_t, logsnr_s, retake, history)[:2]
+
+            x0, z_s = jax.lax.fori_loop(1, resample, again, (x0, z_s))
+        return jnp.where(k == num_steps - 1, x0, z_s), history_s
 
     return jax.lax.fori_loop(0, num_steps, body, (noise.astype(jnp.float32), history))[0]
 
@@ -255,16 +288,18 @@ def ddpm_sample(
     threshold_max: float = 0.0,
     t_start: float = 1.0,
     known: Optional[Known] = None,
+    resample: int = 1,
 ) -> jax.Array:
     """Ancestral sampling from z_{t_start} = `noise` (standard normal for t_start = 1) to x0.
 
     t_start < 1 starts from a partially noised input (SDEdit); then `noise` must be that input
     diffused to `schedule.logsnr(t_start)` with `diffuse`. `known` (values, mask) pastes known
-    pixels in before every model call (`replace_known`).
+    pixels in before every model call (`replace_known`). `resample` takes each step that many times
+    (RePaint resampling, module docstring).
     """
     return _run(
         ddpm_step, True, predict, noise, rng, schedule, num_steps, parameterization, threshold_percentile,
-        threshold_max, t_start, known,
+        threshold_max, t_start, known, resample=check_resample(resample, "ddpm"),
     )
 
 
@@ -334,7 +369,7 @@ def sample(
         known=known,
     )
     if check_sampler(settings.sampler) == "ddpm":
-        return ddpm_sample(predict, noise, rng, schedule, **common)
+        return ddpm_sample(predict, noise, rng, schedule, resample=settings.resample, **common)
     if settings.sampler == "dpmpp_2m":
         return dpmpp_2m_sample(predict, noise, rng, schedule, **common)
     return ddim_sample(predict, noise, rng, schedule, eta=settings.ddim_eta, **common)

@@ -152,3 +152,12 @@ def diffuse(x0: jax.Array, eps: jax.Array, logsnr: jax.Array) -> jax.Array:
     """The forward process z = alpha x0 + sigma eps, with logsnr a scalar or one value per example."""
     alpha, sigma = alpha_sigma(per_example(logsnr, x0))
     return alpha * x0 + sigma * eps
+
+
+def rediffuse(z_s: jax.Array, eps: jax.Array, logsnr_s: jax.Array, logsnr_t: jax.Array) -> jax.Array:
+    """The forward process from one noise level to a noisier one, z_t ~ q(z_t | z_s) (scalar logsnrs,
+    logsnr_t < logsnr_s): z_t = (alpha_t / alpha_s) z_s + sigma_{t|s} eps, sigma_{t|s}^2 = 1 - alpha_t^2 /
+    alpha_s^2, so that diffusing x0 to s and then on to t is diffusing it to t. Both factors are exps of
+    log-sigmoid differences: no cancellation between close levels."""
+    log_ratio = jax.nn.log_sigmoid(logsnr_t) - jax.nn.log_sigmoid(logsnr_s)  # log(alpha_t^2 / alpha_s^2) <= 0
+    return jnp.exp(0.5 * log_ratio) * z_s + jnp.sqrt(-jnp.expm1(log_ratio)) * eps

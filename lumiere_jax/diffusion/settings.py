@@ -41,9 +41,10 @@ def parameterization_from_config(diffusion: Any) -> str:
 
 
 def sampler_settings_from_config(sample: Any) -> SamplerSettings:
-    """`config.sample` (sampler, num_steps, ddim_eta, guidance_scale, threshold_percentile, threshold_max)
-    -> SamplerSettings."""
+    """`config.sample` (sampler, num_steps, ddim_eta, guidance_scale, threshold_percentile, threshold_max,
+    resample) -> SamplerSettings."""
     keys = ("sampler", "num_steps", "ddim_eta", "guidance_scale", "threshold_percentile", "threshold_max")
-    settings = SamplerSettings(**{key: _read(sample, "sample", key) for key in keys})
+    # configs saved before resampling existed have no `resample` key: each step taken once
+    settings = SamplerSettings(**{key: _read(sample, "sample", key) for key in keys}, resample=sample.get("resample", 1))
     check_config_num_steps(settings.num_steps, settings.sampler)
     return settings

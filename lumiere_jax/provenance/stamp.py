@@ -75,7 +75,7 @@ class Stamp:
         """The manifest's GENERATION_LABEL assertion of one clip (the job adds what `mark` said): checkpoint
         hashes, task, sampler settings, seed (C2PA custom assertions read number lists back corrupted, so only scalars and dicts)."""
         sampler = {k: settings[k] for k in ("sampler", "num_steps", "guidance_scale", "threshold_percentile",
-                                            "threshold_max", "strength") if settings.get(k) is not None}
+                                            "threshold_max", "resample", "strength") if settings.get(k) is not None}
         out = {f"{name}_checkpoint_sha256": digest for name, digest in self.checkpoints.items()}
         out.update(task=settings["task"], sampler=sampler, seed=settings["seed"], seed_index=seed_index,
                    num_frames=settings["num_frames"], fps=settings["fps"])

@@ -293,7 +293,7 @@ def sample(config, workdir) -> dict:
 
     settings = {"sampler": s.sampler, "num_steps": s.num_steps, "guidance_scale": s.guidance_scale,
                 "threshold_percentile": s.threshold_percentile, "threshold_max": s.threshold_max,
-                "seed": s.seed, "num_frames": frames,
+                "resample": s.resample, "seed": s.seed, "num_frames": frames,
                 "base_checkpoint": str(base.path), "ssr_checkpoint": str(ssr.path) if ssr else None,
                 "fps": s.fps, "image_mode": s.image_mode, "task": s.task,
                 "task_method": s.task_method if s.task not in UNKNOWN_TASKS else None,

@@ -274,6 +274,7 @@ def denoise_step_report(config, tpu: Slice, mesh, rules) -> dict:
     from lumiere_jax.sample.denoise_program import denoise_program
 
     batch = config.sample.batch_size
+    resample = config.sample.get("resample", 1)  # takes of each step: model calls per step
     program = denoise_program(config, mesh, rules, batch)
     print(f"compiling one denoising step for {config.compile.topology} ({len(tpu.devices)} devices) at {batch} "
           f"clips ({program.rows_per_step} model rows); minutes at paper scale", file=sys.stderr)
@@ -283,7 +284,7 @@ def denoise_step_report(config, tpu: Slice, mesh, rules) -> dict:
               "windows_per_clip": program.windows, "rows_per_step": program.rows_per_step,
               "rows_per_model_call": program.rows_per_call, "sampling_passes_per_clip": program.passes,
               "guidance_scale": config.sample.guidance_scale, "num_steps": config.sample.num_steps,
-              "sampler": config.sample.sampler}
+              "sampler": config.sample.sampler, "resample": resample}
     if error is not None:
         return {**report, "fits": False, "compile_error": error}
     compiled, info = out
@@ -299,11 +300,11 @@ def denoise_step_report(config, tpu: Slice, mesh, rules) -> dict:
     report.update(compiled_costs(memory_gib(compiled), info, tpu, batch))
     estimate = report["compiler_estimate"]
     if estimate:
-        per_clip = estimate["step_seconds"] * config.sample.num_steps * program.passes / batch
+        per_clip = estimate["step_seconds"] * config.sample.num_steps * resample * program.passes / batch
         report["sampling_estimate"] = {
             "seconds_per_clip": _significant(per_clip), "chip_seconds_per_clip": _significant(per_clip * tpu.chips),
-            "source": "num_steps x passes x the compiler's step estimate / clips per step: an estimate, not a "
-                      "measurement"}
+            "source": "num_steps x resample x passes x the compiler's step estimate / clips per step: an estimate, "
+                      "not a measurement"}
     return report
 
 
