@@ -236,10 +236,9 @@ def _run(
     history: History = (),
     resample: int = 1,
 ) -> jax.Array:
-    """The loop shared by all samplers; the model is traced once inside the loop body (twice with
-    `resample` > 1: a step's first take and the inner loop of its others). `history` is the step's
-    carry before the first step (() for single-step samplers); `resample` the takes of each step
-    (module docstring)."""
+    """The loop shared by all samplers; the model is traced once (inside the loop body). `history` is
+    the step's carry before the first step (() for single-step samplers); `resample` the takes of each
+    step (module docstring)."""
     num_steps = check_num_steps(num_steps)
     if rng is None and (draws_noise or known is not None):
         raise ValueError("this sampler draws noise (DDPM, DDIM with eta > 0, or replacement of known pixels): "
@@ -262,16 +261,19 @@ def _run(
         s = t_start * (num_steps - k - 1) / num_steps
         logsnr_t, logsnr_s = schedule.logsnr(t), schedule.logsnr(s)
         key = None if rng is None else jax.random.fold_in(rng, k)
-        x0, z_s, history_s = take(z, logsnr_t, logsnr_s, key, history)
-        if resample > 1:  # takes 2..U, each from the previous take's z_s diffused back to logsnr_t
-            def again(u, x0_z):
+        if resample == 1:
+            x0, z_s, history = take(z, logsnr_t, logsnr_s, key, history)
+        else:  # all U takes in one loop (one trace of the model); take u > 0 starts from z_s diffused back
+            def take_u(u, previous):
                 retake = jax.random.fold_in(jax.random.fold_in(key, 2), u)
-                z_t = rediffuse(x0_z[1], jax.random.normal(jax.random.fold_in(retake, 0), z.shape, jnp.float32),
-                                logsnr_s, logsnr_t)
-                return take(z_t, logsnr_t, logsnr_s, retake, history)[:2]
+                back = rediffuse(previous[1], jax.random.normal(jax.random.fold_in(retake, 0), z.shape, jnp.float32),
+                                 logsnr_s, logsnr_t)
+                first = u == 0
+                take_key = jax.lax.cond(first, lambda: key, lambda: retake)
+                return take(jnp.where(first, z, back), logsnr_t, logsnr_s, take_key, history)
 
-            x0, z_s = jax.lax.fori_loop(1, resample, again, (x0, z_s))
-        return jnp.where(k == num_steps - 1, x0, z_s), history_s
+            x0, z_s, history = jax.lax.fori_loop(0, resample, take_u, (jnp.zeros_like(z), z, history))
+        return jnp.where(k == num_steps - 1, x0, z_s), history
 
     return jax.lax.fori_loop(0, num_steps, body, (noise.astype(jnp.float32), history))[0]
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 from tqdm import tqdm
 
+from lumiere_jax.diffusion import sampler_settings_from_config
 from lumiere_jax.parallel import batch_shard_count, logical_axis_rules, mesh_from_config, state_shardings
 from lumiere_jax.parallel.platforms import describe_absent_tpu_host
 from lumiere_jax.text.checkpoint import abstract_encoder, count_parameters
@@ -274,7 +275,7 @@ def denoise_step_report(config, tpu: Slice, mesh, rules) -> dict:
     from lumiere_jax.sample.denoise_program import denoise_program
 
     batch = config.sample.batch_size
-    resample = config.sample.get("resample", 1)  # takes of each step: model calls per step
+    resample = sampler_settings_from_config(config.sample).resample  # takes of each step: model calls per step
     program = denoise_program(config, mesh, rules, batch)
     print(f"compiling one denoising step for {config.compile.topology} ({len(tpu.devices)} devices) at {batch} "
           f"clips ({program.rows_per_step} model rows); minutes at paper scale", file=sys.stderr)
